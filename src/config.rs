@@ -1,0 +1,401 @@
+//! Configuration: one YAML file holding Pingora's own server settings at the top level (the
+//! Pingora way: `threads`, `pid_file`, `grace_period_seconds`, ...) and the gateway's under
+//! `gateway:`. Both are typed; unknown keys are refused; environment variables override the
+//! file; everything is validated before the server starts, and errors name the key.
+
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Syntax(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The gateway's own settings (`gateway:` in the file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address the proxy listens on. Env: `GATEWAY_LISTEN`.
+    pub listen: String,
+    /// The Next.js upstream, `host:port`. Env: `GATEWAY_UPSTREAM`.
+    pub upstream: String,
+    pub database: DatabaseConfig,
+    pub orchestrator: OrchestratorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (embedded default, created and migrated at start) or
+    /// `postgres://...`. Env: `DATABASE_URL`.
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Base URL, may carry a path prefix. Env: `WHATSAPP_ORCHESTRATOR_URL`.
+    pub url: String,
+    /// The legacy `DISCONNECT_SESSION_ENDPOINT`.
+    pub sessions_path: String,
+    /// Whole-request timeout. Env: `ORCHESTRATOR_TIMEOUT_MS`.
+    pub timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "0.0.0.0:8080".into(),
+            upstream: "127.0.0.1:3001".into(),
+            database: DatabaseConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://data/gateway.db".into(),
+            max_connections: 10,
+            acquire_timeout_ms: 3000,
+        }
+    }
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            url: "http://localhost:3000".into(),
+            sessions_path: "/sessions".into(),
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Everything validated, ready to wire.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConf,
+    pub gateway: GatewayConfig,
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+}
+
+impl Config {
+    pub fn orchestrator_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway.orchestrator.timeout_ms)
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway.database.acquire_timeout_ms)
+    }
+}
+
+/// Environment variables the gateway reads, in the order they are applied.
+pub const ENV_VARS: &[&str] = &[
+    "GATEWAY_LISTEN",
+    "GATEWAY_UPSTREAM",
+    "GATEWAY_THREADS",
+    "DATABASE_URL",
+    "WHATSAPP_ORCHESTRATOR_URL",
+    "ORCHESTRATOR_TIMEOUT_MS",
+];
+
+/// Loads `path` (or the built-in defaults when `None`), applies the environment, validates.
+pub fn load(
+    path: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?,
+        None => String::new(),
+    };
+    parse(&text, env)
+}
+
+/// The file as written: the gateway's section, typed, and Pingora's keys, checked below.
+#[derive(Deserialize)]
+struct File {
+    #[serde(default)]
+    gateway: GatewayConfig,
+    #[serde(flatten)]
+    server: Mapping,
+}
+
+/// Parses a config file's text, applies the environment, validates.
+pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let file: File = if text.trim().is_empty() {
+        File {
+            gateway: GatewayConfig::default(),
+            server: Mapping::new(),
+        }
+    } else {
+        // serde_yaml's messages carry the path of the bad key (`gateway.orchestrator.timeout_ms: ...`).
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?
+    };
+    let mut gateway = file.gateway;
+    let server = server_conf(file.server)?;
+    apply_env(&mut gateway, server, &env)
+}
+
+/// Pingora's keys: refuse the ones `ServerConf` does not have (it would silently ignore
+/// them), and set the defaults a container wants where the file is silent.
+fn server_conf(mut top: Mapping) -> Result<ServerConf, ConfigError> {
+    let known = match serde_yaml::to_value(ServerConf::default()) {
+        Ok(Value::Mapping(m)) => m,
+        _ => Mapping::new(),
+    };
+    for key in top.keys() {
+        let name = key.as_str().unwrap_or("?");
+        if !known.contains_key(key) {
+            return Err(invalid(
+                name,
+                "unknown key (neither a Pingora server setting nor `gateway`)",
+            ));
+        }
+    }
+    let defaults: [(&str, Value); 5] = [
+        ("threads", Value::from(cores())),
+        ("pid_file", Value::from("/tmp/whatsapp-gateway.pid")),
+        (
+            "upgrade_sock",
+            Value::from("/tmp/whatsapp-gateway-upgrade.sock"),
+        ),
+        // Kubernetes gives 30 s between SIGTERM and SIGKILL: drain for 10, then 10 more.
+        ("grace_period_seconds", Value::from(10)),
+        ("graceful_shutdown_timeout_seconds", Value::from(10)),
+    ];
+    for (key, value) in defaults {
+        if !top.contains_key(key) {
+            top.insert(Value::from(key), value);
+        }
+    }
+    // Through text again so serde_yaml's error names the key.
+    let text = serde_yaml::to_string(&top).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let conf: ServerConf =
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    if conf.threads == 0 {
+        return Err(invalid("threads", "must be at least 1"));
+    }
+    conf.validate()
+        .map_err(|e| ConfigError::Syntax(format!("Pingora server settings: {e}")))
+}
+
+fn cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+fn apply_env(
+    gateway: &mut GatewayConfig,
+    mut server: ServerConf,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    if let Some(v) = env("GATEWAY_LISTEN") {
+        gateway.listen = v;
+    }
+    if let Some(v) = env("GATEWAY_UPSTREAM") {
+        gateway.upstream = v;
+    }
+    if let Some(v) = env("GATEWAY_THREADS") {
+        server.threads = match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(invalid(
+                    "GATEWAY_THREADS",
+                    format!("expected a positive integer, got {v:?}"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = env("DATABASE_URL") {
+        gateway.database.url = v;
+    }
+    if let Some(v) = env("WHATSAPP_ORCHESTRATOR_URL") {
+        gateway.orchestrator.url = v;
+    }
+    if let Some(v) = env("ORCHESTRATOR_TIMEOUT_MS") {
+        gateway.orchestrator.timeout_ms = v.trim().parse().map_err(|_| {
+            invalid(
+                "ORCHESTRATOR_TIMEOUT_MS",
+                format!("expected milliseconds, got {v:?}"),
+            )
+        })?;
+    }
+    validate(gateway.clone(), server)
+}
+
+fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, ConfigError> {
+    let listen: SocketAddr = gateway.listen.parse().map_err(|_| {
+        invalid(
+            "gateway.listen",
+            format!("expected ip:port, got {:?}", gateway.listen),
+        )
+    })?;
+    let upstream = resolve(&gateway.upstream).ok_or_else(|| {
+        invalid(
+            "gateway.upstream",
+            format!(
+                "expected host:port that resolves, got {:?}",
+                gateway.upstream
+            ),
+        )
+    })?;
+
+    let db = &gateway.database;
+    if crate::store::Backend::of_url(&db.url).is_none() {
+        // Never echo the URL: it may carry a password.
+        return Err(invalid(
+            "gateway.database.url",
+            "must start with sqlite:, postgres:// or postgresql://",
+        ));
+    }
+    if db.max_connections == 0 {
+        return Err(invalid(
+            "gateway.database.max_connections",
+            "must be at least 1",
+        ));
+    }
+    if db.acquire_timeout_ms == 0 {
+        return Err(invalid(
+            "gateway.database.acquire_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+
+    let orch = &gateway.orchestrator;
+    match url::Url::parse(&orch.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            return Err(invalid(
+                "gateway.orchestrator.url",
+                format!("expected an http:// or https:// URL, got {:?}", orch.url),
+            ))
+        }
+    }
+    if !orch.sessions_path.starts_with('/') {
+        return Err(invalid(
+            "gateway.orchestrator.sessions_path",
+            format!("must start with '/', got {:?}", orch.sessions_path),
+        ));
+    }
+    if orch.timeout_ms == 0 {
+        return Err(invalid(
+            "gateway.orchestrator.timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    Ok(Config {
+        server,
+        gateway,
+        listen,
+        upstream,
+    })
+}
+
+fn resolve(hostport: &str) -> Option<SocketAddr> {
+    hostport.to_socket_addrs().ok()?.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("", no_env).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.upstream, "127.0.0.1:3001".parse().unwrap());
+        assert_eq!(c.gateway.orchestrator.url, "http://localhost:3000");
+        assert_eq!(c.gateway.orchestrator.timeout_ms, 30_000);
+        assert_eq!(c.server.threads as u64, cores());
+        assert_eq!(c.server.grace_period_seconds, Some(10));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = |k: &str| match k {
+            "GATEWAY_LISTEN" => Some("127.0.0.1:9999".to_owned()),
+            "GATEWAY_THREADS" => Some("3".to_owned()),
+            "ORCHESTRATOR_TIMEOUT_MS" => Some("250".to_owned()),
+            "WHATSAPP_ORCHESTRATOR_URL" => Some("http://orch:1/wa".to_owned()),
+            _ => None,
+        };
+        let c = parse("threads: 1\ngateway:\n  listen: 127.0.0.1:1\n", env).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.server.threads, 3);
+        assert_eq!(c.gateway.orchestrator.timeout_ms, 250);
+        assert_eq!(c.gateway.orchestrator.url, "http://orch:1/wa");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("gateway:\n  orchestrator:\n    timout_ms: 5\n", "timout_ms"),
+            (
+                "gateway:\n  orchestrator:\n    timeout_ms: soon\n",
+                "timeout_ms",
+            ),
+            (
+                "gateway:\n  orchestrator:\n    timeout_ms: 0\n",
+                "gateway.orchestrator.timeout_ms",
+            ),
+            ("gateway:\n  listen: nowhere\n", "gateway.listen"),
+            (
+                "gateway:\n  database:\n    url: mysql://x\n",
+                "gateway.database.url",
+            ),
+            (
+                "gateway:\n  orchestrator:\n    url: ftp://x\n",
+                "gateway.orchestrator.url",
+            ),
+            ("treads: 2\n", "treads"),
+            ("threads: many\n", "threads"),
+            ("threads: 0\n", "threads"),
+        ] {
+            let err = parse(text, no_env).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+        let err = parse("", |k| (k == "GATEWAY_THREADS").then(|| "x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GATEWAY_THREADS"), "{err}");
+    }
+
+    #[test]
+    fn database_url_is_never_echoed() {
+        let err = parse("", |k| {
+            (k == "DATABASE_URL").then(|| "mysql://u:hunter2@h/db".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

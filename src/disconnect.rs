@@ -1,0 +1,237 @@
+//! `POST /api/whatsapp_sessions/{id}/disconnect`, CONTRACT.md top to bottom:
+//! id → row → status → session_id → orchestrator → update.
+//!
+//! Plain async Rust over the two traits ([`SessionStore`], [`Orchestrator`]); nothing here
+//! knows about Pingora.
+
+use crate::locks::KeyedLocks;
+use crate::orchestrator::{Failure, Orchestrator, Outcome};
+use crate::reply::Reply;
+use crate::store::{Session, SessionStore};
+use http::StatusCode;
+use percent_encoding::percent_decode_str;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const MSG_SUCCESS: &str = "Sesión desconectada exitosamente";
+pub const MSG_UPDATE_WARNING: &str =
+    "La sesión se desconectó en el orquestador, pero no se pudo actualizar su estado en la base de datos";
+
+/// What the route needs from the outside world.
+pub struct Deps {
+    pub store: Arc<dyn SessionStore>,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    /// In-process queue per session id, in front of the store's own lock.
+    pub locks: KeyedLocks,
+}
+
+/// Every way the route says no, with its status and exact message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("ID inválido")]
+    InvalidId,
+    #[error("Sesión de WhatsApp no encontrada")]
+    NotFound,
+    #[error("La sesión no está conectada")]
+    NotConnected { status: Option<String> },
+    #[error("La sesión no tiene session_id del orquestador")]
+    NoSessionId,
+    #[error("Error al comunicarse con el orquestador de WhatsApp")]
+    Unreachable(Failure),
+    #[error("Error al desconectar sesión en el orquestador")]
+    Refused(String),
+    #[error("Base de datos no disponible")]
+    DatabaseUnavailable,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::InvalidId | Rejection::NotConnected { .. } | Rejection::NoSessionId => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            Rejection::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            Rejection::NotConnected { status } => Some(format!(
+                "Estado actual: {}",
+                status.as_deref().unwrap_or("null")
+            )),
+            Rejection::Unreachable(failure) => Some(failure.to_string()),
+            Rejection::Refused(message) => Some(message.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn reply(&self) -> Reply {
+        #[derive(Serialize)]
+        struct Body {
+            success: bool,
+            error: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<String>,
+        }
+        Reply::json(
+            self.status(),
+            &Body {
+                success: false,
+                error: self.to_string(),
+                details: self.details(),
+            },
+        )
+    }
+}
+
+/// The 200 answer.
+#[derive(Debug, Serialize)]
+pub struct Disconnected {
+    pub success: bool,
+    pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'static str>,
+    pub data: DisconnectedData,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DisconnectedData {
+    pub session_id: String,
+    pub orchestrator_disconnect: Value,
+    pub updated_session: Option<Session>,
+}
+
+/// Step 1: the id segment, percent-decoded, must be ASCII digits with a value in 1..=i64::MAX.
+pub fn parse_id(segment: &str) -> Result<i64, Rejection> {
+    let decoded = percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| Rejection::InvalidId)?;
+    if decoded.is_empty() || !decoded.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Rejection::InvalidId);
+    }
+    match decoded.parse::<i64>() {
+        Ok(id) if id >= 1 => Ok(id),
+        _ => Err(Rejection::InvalidId),
+    }
+}
+
+/// Answers one disconnect request; `segment` is the raw `{id}` path segment.
+pub async fn handle(segment: &str, deps: &Deps) -> Reply {
+    match disconnect(segment, deps).await {
+        Ok(done) => Reply::json(StatusCode::OK, &done),
+        Err(rejection) => rejection.reply(),
+    }
+}
+
+async fn disconnect(segment: &str, deps: &Deps) -> Result<Disconnected, Rejection> {
+    let id = parse_id(segment)?;
+
+    let _queued = deps.locks.lock(id).await;
+    let mut locked = deps.store.lock(id).await.map_err(database_unavailable)?;
+    let row = locked
+        .fetch()
+        .await
+        .map_err(database_unavailable)?
+        .ok_or(Rejection::NotFound)?;
+
+    if row.status.as_deref() != Some("connected") {
+        return Err(Rejection::NotConnected { status: row.status });
+    }
+    let session_id = match row.session_id {
+        Some(s) if !s.trim().is_empty() => s,
+        _ => return Err(Rejection::NoSessionId),
+    };
+
+    let orchestrator_disconnect = match deps.orchestrator.disconnect(&session_id).await {
+        Outcome::Disconnected(body) => body,
+        Outcome::Refused(message) => return Err(Rejection::Refused(message)),
+        Outcome::Unreachable(failure) => return Err(Rejection::Unreachable(failure)),
+    };
+
+    let (updated_session, warning) = match locked.mark_disconnected().await {
+        Ok(updated) => (updated, None),
+        Err(e) => {
+            tracing::error!(id, session_id, error = %e,
+                "session disconnected at the orchestrator but its row could not be updated");
+            (None, Some(MSG_UPDATE_WARNING))
+        }
+    };
+    Ok(Disconnected {
+        success: true,
+        message: MSG_SUCCESS,
+        warning,
+        data: DisconnectedData {
+            session_id,
+            orchestrator_disconnect,
+            updated_session,
+        },
+    })
+}
+
+fn database_unavailable(e: crate::store::StoreError) -> Rejection {
+    tracing::error!(error = %e, "database unavailable");
+    Rejection::DatabaseUnavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in [
+            ("1", 1),
+            ("007", 7),
+            ("%31%32", 12),
+            ("9223372036854775807", i64::MAX),
+            ("2147483648", 2_147_483_648),
+        ] {
+            assert_eq!(parse_id(ok.0), Ok(ok.1), "{}", ok.0);
+        }
+        for bad in [
+            "abc",
+            "0",
+            "000",
+            "-1",
+            "+1",
+            "1.5",
+            "1e3",
+            "12abc",
+            " 1",
+            "%201",
+            "%20",
+            "1%00",
+            "%ff",
+            "99999999999999999999",
+            "9223372036854775808",
+            "١",
+        ] {
+            assert_eq!(parse_id(bad), Err(Rejection::InvalidId), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejection_bodies_are_byte_exact() {
+        let body = |r: Rejection| String::from_utf8(r.reply().body.to_vec()).unwrap();
+        assert_eq!(
+            body(Rejection::InvalidId),
+            r#"{"success":false,"error":"ID inválido"}"#
+        );
+        assert_eq!(
+            body(Rejection::NotConnected {
+                status: Some("disconnected".into())
+            }),
+            r#"{"success":false,"error":"La sesión no está conectada","details":"Estado actual: disconnected"}"#
+        );
+        assert_eq!(
+            body(Rejection::Unreachable(Failure::Timeout(30000))),
+            r#"{"success":false,"error":"Error al comunicarse con el orquestador de WhatsApp","details":"Tiempo de espera agotado al contactar al orquestador (30000 ms)"}"#
+        );
+        assert_eq!(Rejection::DatabaseUnavailable.status(), 503);
+    }
+}

@@ -1,0 +1,13 @@
+//! whatsapp-gateway: a Pingora gateway in front of a Next.js app.
+//!
+//! `POST /api/whatsapp_sessions/{id}/disconnect` is answered natively ([`disconnect`]);
+//! everything else is proxied to the Next.js upstream unchanged ([`proxy`]).
+
+pub mod config;
+pub mod disconnect;
+pub mod locks;
+pub mod orchestrator;
+pub mod proxy;
+pub mod reply;
+pub mod routes;
+pub mod store;

@@ -1,0 +1,103 @@
+//! SQLite store: the embedded default. One process owns the file, so the disconnect lock is
+//! the in-process keyed lock the route already takes; this store adds none of its own.
+
+use super::{LockedSession, PoolSettings, Session, SessionStore, StoreError, COLUMNS};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+static SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM whatsapp_sessions WHERE id = ?1"));
+static MARK_DISCONNECTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE whatsapp_sessions SET status = 'disconnected', \
+         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1 RETURNING {COLUMNS}"
+    )
+});
+
+pub struct SqliteStore {
+    options: SqliteConnectOptions,
+    settings: PoolSettings,
+    /// Built on first use, inside the runtime that serves requests (a pool is bound to the
+    /// runtime it was built in).
+    pool: OnceCell<SqlitePool>,
+}
+
+impl SqliteStore {
+    pub fn new(url: &str, settings: PoolSettings) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5));
+        Ok(SqliteStore {
+            options,
+            settings,
+            pool: OnceCell::new(),
+        })
+    }
+
+    /// Creates the database file (and its folder) if missing and applies `migrations/sqlite`.
+    /// Called once at start, before the server runs; the pool it uses is closed afterwards.
+    pub async fn migrate(&self) -> Result<(), anyhow::Error> {
+        if let Some(dir) = self.options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("cannot create database folder {}: {e}", dir.display())
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(self.options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    async fn pool(&self) -> &SqlitePool {
+        self.pool
+            .get_or_init(|| async {
+                SqlitePoolOptions::new()
+                    .max_connections(self.settings.max_connections)
+                    .acquire_timeout(self.settings.acquire_timeout)
+                    .connect_lazy_with(self.options.clone())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
+        Ok(Box::new(SqliteSession {
+            pool: self.pool().await.clone(),
+            id,
+        }))
+    }
+}
+
+struct SqliteSession {
+    pool: SqlitePool,
+    id: i64,
+}
+
+#[async_trait]
+impl LockedSession for SqliteSession {
+    async fn fetch(&mut self) -> Result<Option<Session>, StoreError> {
+        Ok(sqlx::query_as(&SELECT)
+            .bind(self.id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError> {
+        Ok(sqlx::query_as(&MARK_DISCONNECTED)
+            .bind(self.id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
