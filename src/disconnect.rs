@@ -11,7 +11,7 @@ use crate::store::{Session, SessionStore};
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 pub const MSG_SUCCESS: &str = "Sesión desconectada exitosamente";
@@ -102,7 +102,7 @@ pub struct Disconnected {
 #[derive(Debug, Serialize)]
 pub struct DisconnectedData {
     pub session_id: String,
-    pub orchestrator_disconnect: Value,
+    pub orchestrator_disconnect: Box<RawValue>,
     pub updated_session: Option<Session>,
 }
 

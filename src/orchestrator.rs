@@ -5,14 +5,15 @@
 
 use async_trait::async_trait;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// What the orchestrator made of a disconnect request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
-    /// 2xx and a JSON object with `success: true`: the body as it sent it.
-    Disconnected(Value),
+    /// 2xx and a JSON object with `success: true`: the body exactly as it sent it.
+    Disconnected(Box<RawValue>),
     /// A JSON object that refuses (non-2xx, or `success` not exactly `true`): its message.
     Refused(String),
     /// No usable answer.
@@ -137,11 +138,14 @@ impl Orchestrator for HttpOrchestrator {
 
 /// CONTRACT.md step 5, given whether the status was 2xx and the body.
 pub fn judge(success_status: bool, body: &[u8]) -> Outcome {
-    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(body) else {
+    let (Ok(Value::Object(object)), Ok(raw)) = (
+        serde_json::from_slice::<Value>(body),
+        serde_json::from_slice::<Box<RawValue>>(body),
+    ) else {
         return Outcome::Unreachable(Failure::InvalidResponse);
     };
     if success_status && object.get("success") == Some(&Value::Bool(true)) {
-        Outcome::Disconnected(Value::Object(object))
+        Outcome::Disconnected(raw)
     } else {
         Outcome::Refused(refusal_message(&object))
     }
@@ -161,15 +165,29 @@ fn refusal_message(object: &Map<String, Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    impl PartialEq for Outcome {
+        fn eq(&self, other: &Self) -> bool {
+            match (self, other) {
+                (Outcome::Disconnected(a), Outcome::Disconnected(b)) => a.get() == b.get(),
+                (Outcome::Refused(a), Outcome::Refused(b)) => a == b,
+                (Outcome::Unreachable(a), Outcome::Unreachable(b)) => a == b,
+                _ => false,
+            }
+        }
+    }
+
+    fn raw(s: &str) -> Outcome {
+        Outcome::Disconnected(RawValue::from_string(s.to_owned()).unwrap())
+    }
 
     #[test]
     fn judging_answers() {
         let ok = br#"{"success":true,"message":"bye"}"#;
-        assert_eq!(
-            judge(true, ok),
-            Outcome::Disconnected(json!({"success":true,"message":"bye"}))
-        );
+        assert_eq!(judge(true, ok), raw(r#"{"success":true,"message":"bye"}"#));
+        // Kept as sent: number forms, key order, duplicate keys, inner spacing.
+        let odd = r#"{"z":1.5e3, "success":true,"big":12345678901234567890}"#;
+        assert_eq!(judge(true, format!(" {odd}\n").as_bytes()), raw(odd));
         assert_eq!(
             judge(false, ok),
             Outcome::Refused("bye".into()),

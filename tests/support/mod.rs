@@ -1,0 +1,188 @@
+//! Real processes on loopback for the end-to-end tests: the gateway binary, a fake
+//! orchestrator with fault modes, an echoing upstream, and a SQLite database file.
+#![allow(dead_code)]
+
+pub mod orchestrator;
+pub mod upstream;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_whatsapp-gateway");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Waits (bounded) until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "gateway exited with {status} before listening:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not listen on {addr} within 20 s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How to start a gateway.
+#[derive(Clone)]
+pub struct GatewayOptions {
+    pub upstream: SocketAddr,
+    pub orchestrator_url: String,
+    pub orchestrator_timeout_ms: u64,
+    pub database_url: String,
+    /// Extra YAML appended to the config file (top-level Pingora keys).
+    pub extra_yaml: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(opts: &GatewayOptions) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\n{}\n",
+                dir.path().join("gw.pid").display(),
+                dir.path().join("upgrade.sock").display(),
+                opts.extra_yaml
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("gateway.log");
+        let mut cmd = Command::new(GATEWAY_BIN);
+        cmd.arg("-c")
+            .arg(&conf)
+            .env("GATEWAY_LISTEN", addr.to_string())
+            .env("GATEWAY_UPSTREAM", opts.upstream.to_string())
+            .env("DATABASE_URL", &opts.database_url)
+            .env("WHATSAPP_ORCHESTRATOR_URL", &opts.orchestrator_url)
+            .env(
+                "ORCHESTRATOR_TIMEOUT_MS",
+                opts.orchestrator_timeout_ms.to_string(),
+            )
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the gateway");
+        wait_for_port(addr, &mut child, &log).await;
+        Gateway {
+            addr,
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SQLite database file in a temp dir, migrated by the gateway at its start.
+pub struct SqliteDb {
+    pub url: String,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SqliteDb {
+    pub fn new() -> SqliteDb {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("gateway.db");
+        SqliteDb {
+            url: format!("sqlite://{}", path.display()),
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// A connection to the file the gateway created.
+    pub async fn pool(&self) -> SqlitePool {
+        SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(
+                SqliteConnectOptions::from_str(&self.url)
+                    .unwrap()
+                    .busy_timeout(Duration::from_secs(5)),
+            )
+            .await
+            .expect("open the test database")
+    }
+}
+
+/// A row as the tests seed it.
+pub struct Seed<'a> {
+    pub id: i64,
+    pub session_id: Option<&'a str>,
+    pub status: &'a str,
+}
+
+pub async fn seed(pool: &SqlitePool, row: Seed<'_>) {
+    sqlx::query(
+        "INSERT INTO whatsapp_sessions (id, session_id, status, phone_number, last_seen, \
+         auth_folder_path, whatsapp_user_id, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, '+34600000000', '2024-01-01T12:00:00.000Z', '/auth/x', 'user123', \
+         '2024-01-01T10:00:00.000Z', '2024-01-01T10:00:00.000Z')",
+    )
+    .bind(row.id)
+    .bind(row.session_id)
+    .bind(row.status)
+    .execute(pool)
+    .await
+    .expect("seed a row");
+}
+
+/// `(status, session_id, updated_at)` of row `id`.
+pub async fn row_state(pool: &SqlitePool, id: i64) -> Option<(String, Option<String>, String)> {
+    sqlx::query_as("SELECT status, session_id, updated_at FROM whatsapp_sessions WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
