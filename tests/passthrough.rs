@@ -1,0 +1,136 @@
+//! Everything that is not the native route reaches the upstream unchanged, and its answer
+//! comes back unchanged, with X-Forwarded-* added.
+
+mod support;
+
+use support::orchestrator::FakeOrchestrator;
+use support::upstream::EchoUpstream;
+use support::{free_port, Gateway, GatewayOptions, SqliteDb};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(upstream: std::net::SocketAddr, orchestrator: &FakeOrchestrator, db: &SqliteDb) -> Gateway {
+    Gateway::start(&GatewayOptions {
+        upstream,
+        orchestrator_url: orchestrator.url(),
+        orchestrator_timeout_ms: 2000,
+        database_url: db.url.clone(),
+        extra_yaml: String::new(),
+        env: vec![],
+    })
+    .await
+}
+
+/// Sends raw bytes, reads until the server closes (the request says `Connection: close`).
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("answer within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn split(response: &str) -> (&str, serde_json::Value) {
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    (head, serde_json::from_str(body).expect("echo JSON"))
+}
+
+fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_upstream_unchanged_with_forwarding_headers() {
+    let (upstream, orchestrator, db) = (
+        EchoUpstream::start().await,
+        FakeOrchestrator::start().await,
+        SqliteDb::new(),
+    );
+    let gw = start(upstream.addr, &orchestrator, &db).await;
+    let body = "{\"texto\":\"¡hola!\"}";
+    let request = format!(
+        "PATCH /api/whatsapp_sessions/1/messages?q=%20a&&b=c+d;e&x=%2F HTTP/1.1\r\n\
+         Host: example.test:8080\r\n\
+         X-Custom: uno\r\n\
+         X-Custom: dos\r\n\
+         X-Odd: a  b\t\"c\"\r\n\
+         Cookie: sid=abc; theme=dark\r\n\
+         X-Forwarded-For: 203.0.113.9\r\n\
+         X-Echo-Status: 201\r\n\
+         Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = exchange(gw.addr, request.as_bytes()).await;
+    let (head, echo) = split(&response);
+
+    assert_eq!(echo["method"], "PATCH");
+    assert_eq!(echo["uri"], "/api/whatsapp_sessions/1/messages?q=%20a&&b=c+d;e&x=%2F");
+    assert_eq!(echo["body"], body);
+    assert_eq!(header(&echo, "host"), ["example.test:8080"]);
+    assert_eq!(header(&echo, "x-custom"), ["uno", "dos"]);
+    assert_eq!(header(&echo, "x-odd"), ["a  b\t\"c\""]);
+    assert_eq!(header(&echo, "cookie"), ["sid=abc; theme=dark"]);
+    assert_eq!(header(&echo, "content-type"), ["application/json"]);
+    assert_eq!(header(&echo, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(header(&echo, "x-forwarded-proto"), ["http"]);
+    assert_eq!(header(&echo, "x-forwarded-host"), ["example.test:8080"]);
+
+    // The response comes back as the upstream sent it.
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    let head_lower = head.to_ascii_lowercase();
+    assert!(head_lower.contains("\r\nset-cookie: a=1; path=/\r\n"), "{head}");
+    assert!(head_lower.contains("\r\nset-cookie: b=2; path=/; httponly\r\n"), "{head}");
+    assert!(head_lower.contains("\r\nx-upstream: echo\r\n"), "{head}");
+    assert_eq!(orchestrator.calls().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_added_when_the_client_sent_none() {
+    let (upstream, orchestrator, db) = (
+        EchoUpstream::start().await,
+        FakeOrchestrator::start().await,
+        SqliteDb::new(),
+    );
+    let gw = start(upstream.addr, &orchestrator, &db).await;
+    let response = exchange(
+        gw.addr,
+        b"GET /api/whatsapp_sessions HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (_, echo) = split(&response);
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(header(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header(&echo, "x-forwarded-host"), ["app.local"]);
+    assert_eq!(header(&echo, "x-forwarded-proto"), ["http"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_and_the_gateway_stays_up() {
+    let (orchestrator, db) = (FakeOrchestrator::start().await, SqliteDb::new());
+    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = start(closed, &orchestrator, &db).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = client.get(gw.url("/dashboard")).send().await.unwrap();
+        assert_eq!(r.status(), 502);
+    }
+    // The native route does not need the upstream.
+    let r = client
+        .post(gw.url("/api/whatsapp_sessions/1/disconnect"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
