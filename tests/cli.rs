@@ -21,8 +21,8 @@ fn run(args: &[&str], conf: Option<&str>) -> (bool, String) {
         .env_remove("GATEWAY_THREADS")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -30,9 +30,15 @@ fn run(args: &[&str], conf: Option<&str>) -> (bool, String) {
 fn a_bad_config_fails_start_up_naming_the_key() {
     for (conf, key) in [
         ("gateway:\n  orchestrator:\n    timeout: 5\n", "timeout"),
-        ("gateway:\n  orchestrator:\n    timeout_ms: -5\n", "gateway.orchestrator.timeout_ms"),
+        (
+            "gateway:\n  orchestrator:\n    timeout_ms: -5\n",
+            "gateway.orchestrator.timeout_ms",
+        ),
         ("gateway:\n  listen: \"localhost\"\n", "gateway.listen"),
-        ("gateway:\n  database:\n    url: \"mysql://u:secret@h/db\"\n", "gateway.database.url"),
+        (
+            "gateway:\n  database:\n    url: \"mysql://u:secret@h/db\"\n",
+            "gateway.database.url",
+        ),
         ("threads: lots\n", "threads"),
         ("thread: 2\n", "thread"),
     ] {
@@ -58,7 +64,10 @@ fn version_and_help() {
     let (ok, text) = run(&["--version"], None);
     assert!(ok && text.contains(env!("CARGO_PKG_VERSION")), "{text}");
     let (ok, text) = run(&["--help"], None);
-    assert!(ok && text.contains("--conf") && text.contains("migrate"), "{text}");
+    assert!(
+        ok && text.contains("--conf") && text.contains("migrate"),
+        "{text}"
+    );
 }
 
 /// The README's run command on a fresh checkout: the shipped config, SQLite created and

@@ -3,11 +3,11 @@
 
 mod support;
 
-use sqlx::SqlitePool;
 use std::time::Duration;
+use support::db::{Backend, Pool, TestDb};
 use support::orchestrator::{ok_body, FakeOrchestrator};
 use support::upstream::EchoUpstream;
-use support::{free_port, row_state, seed, Gateway, GatewayOptions, Seed, SqliteDb};
+use support::{free_port, Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,20 +17,20 @@ struct Harness {
     gateway: Gateway,
     orchestrator: FakeOrchestrator,
     upstream: EchoUpstream,
-    _db: SqliteDb,
-    pool: SqlitePool,
+    db: TestDb,
+    pool: Pool,
     client: reqwest::Client,
 }
 
 impl Harness {
-    async fn start() -> Harness {
-        Self::start_with(|_| {}).await
+    async fn start(backend: Backend) -> Harness {
+        Self::start_with(backend, |_| {}).await
     }
 
-    async fn start_with(tweak: impl FnOnce(&mut GatewayOptions)) -> Harness {
+    async fn start_with(backend: Backend, tweak: impl FnOnce(&mut GatewayOptions)) -> Harness {
         let orchestrator = FakeOrchestrator::start().await;
         let upstream = EchoUpstream::start().await;
-        let db = SqliteDb::new();
+        let db = TestDb::new(backend, None).await;
         let mut opts = GatewayOptions {
             upstream: upstream.addr,
             orchestrator_url: orchestrator.url(),
@@ -41,27 +41,19 @@ impl Harness {
         };
         tweak(&mut opts);
         let gateway = Gateway::start(&opts).await;
-        let pool = db.pool().await;
+        let pool = db.pool.clone();
         Harness {
             gateway,
             orchestrator,
             upstream,
-            _db: db,
+            db,
             pool,
             client: reqwest::Client::new(),
         }
     }
 
     async fn seed(&self, id: i64, session_id: Option<&str>, status: &str) {
-        seed(
-            &self.pool,
-            Seed {
-                id,
-                session_id,
-                status,
-            },
-        )
-        .await;
+        self.pool.seed(id, session_id, status).await;
     }
 
     async fn request(&self, method: &str, path: &str) -> Answer {
@@ -85,7 +77,7 @@ impl Harness {
     }
 
     async fn status_of(&self, id: i64) -> String {
-        row_state(&self.pool, id).await.expect("row exists").0
+        self.pool.status_of(id).await
     }
 }
 
@@ -122,6 +114,43 @@ impl Answer {
     }
 }
 
+/// Every case that touches the database runs on both stores.
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$case(super::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$case(super::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    query_string_is_ignored_and_id_is_percent_decoded,
+    invalid_ids_are_400,
+    unknown_id_is_404_including_64_bit_ids,
+    a_session_that_is_not_connected_is_400_with_its_status,
+    missing_session_id_is_400,
+    orchestrator_refusing_connections_is_502,
+    orchestrator_timeout_is_502_naming_the_configured_timeout,
+    orchestrator_resetting_the_connection_is_502,
+    orchestrator_answers_that_are_not_a_json_object_are_502,
+    orchestrator_refusals_are_500_with_its_message,
+    orchestrator_request_shape_and_path_prefix,
+    success_answers_with_the_updated_row,
+    null_columns_are_json_null,
+    failed_update_after_orchestrator_success_is_200_with_warning,
+    failing_database_is_503_and_the_orchestrator_is_not_called,
+    concurrent_disconnects_of_one_session_call_the_orchestrator_once,
+);
+
 const INVALID_ID: &str = r#"{"success":false,"error":"ID inválido"}"#;
 const NOT_FOUND: &str = r#"{"success":false,"error":"Sesión de WhatsApp no encontrada"}"#;
 const NO_SESSION_ID: &str =
@@ -150,7 +179,7 @@ fn refused(details: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_other_method_is_405_with_allow_post() {
-    let h = Harness::start().await;
+    let h = Harness::start(Backend::Sqlite).await;
     h.seed(1, Some("ok-1"), "connected").await;
     for method in [
         "GET", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "FOOBAR",
@@ -179,7 +208,7 @@ async fn every_other_method_is_405_with_allow_post() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_miss_paths_go_to_the_upstream() {
-    let h = Harness::start().await;
+    let h = Harness::start(Backend::Sqlite).await;
     h.seed(1, Some("ok-1"), "connected").await;
     let paths = [
         "/api/whatsapp_sessions/1/disconnect/",
@@ -202,9 +231,8 @@ async fn near_miss_paths_go_to_the_upstream() {
     assert_eq!(h.status_of(1).await, "connected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn query_string_is_ignored_and_id_is_percent_decoded() {
-    let h = Harness::start().await;
+async fn query_string_is_ignored_and_id_is_percent_decoded(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(1, Some("ok-1"), "connected").await;
     h.seed(2, Some("ok-2"), "connected").await;
     let a = h
@@ -221,7 +249,7 @@ async fn query_string_is_ignored_and_id_is_percent_decoded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_body_is_drained_and_the_connection_kept() {
-    let h = Harness::start().await;
+    let h = Harness::start(Backend::Sqlite).await;
     let mut conn = TcpStream::connect(h.gateway.addr).await.unwrap();
     let body = "x".repeat(100_000);
     let request = format!(
@@ -249,7 +277,7 @@ async fn post_body_is_drained_and_the_connection_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_post_body_is_drained_too() {
-    let h = Harness::start().await;
+    let h = Harness::start(Backend::Sqlite).await;
     let mut conn = TcpStream::connect(h.gateway.addr).await.unwrap();
     conn.write_all(b"POST /api/whatsapp_sessions/5/disconnect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         .await
@@ -265,7 +293,7 @@ async fn chunked_post_body_is_drained_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_body_over_1_mib_is_answered_then_the_connection_closed() {
-    let h = Harness::start().await;
+    let h = Harness::start(Backend::Sqlite).await;
     let mut conn = TcpStream::connect(h.gateway.addr).await.unwrap();
     let len = 3 * 1024 * 1024;
     let head = format!(
@@ -300,9 +328,8 @@ async fn post_body_over_1_mib_is_answered_then_the_connection_closed() {
 
 // ---- 1. id ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_ids_are_400() {
-    let h = Harness::start().await;
+async fn invalid_ids_are_400(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(12, Some("ok-12"), "connected").await;
     h.seed(1, Some("ok-1"), "connected").await;
     for id in [
@@ -329,9 +356,8 @@ async fn invalid_ids_are_400() {
 
 // ---- 2. row ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_id_is_404_including_64_bit_ids() {
-    let h = Harness::start().await;
+async fn unknown_id_is_404_including_64_bit_ids(backend: Backend) {
+    let h = Harness::start(backend).await;
     for id in ["1", "2147483648", "9223372036854775807"] {
         h.disconnect(id).await.assert(404, NOT_FOUND);
     }
@@ -340,9 +366,8 @@ async fn unknown_id_is_404_including_64_bit_ids() {
 
 // ---- 3. status ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_is_not_connected_is_400_with_its_status() {
-    let h = Harness::start().await;
+async fn a_session_that_is_not_connected_is_400_with_its_status(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(1, Some("ok-1"), "disconnected").await;
     h.seed(2, Some("ok-2"), "qr_pending").await;
     h.seed(3, Some("ok-3"), "Connected").await;
@@ -361,9 +386,8 @@ async fn a_session_that_is_not_connected_is_400_with_its_status() {
 
 // ---- 4. session_id ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_session_id_is_400() {
-    let h = Harness::start().await;
+async fn missing_session_id_is_400(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(1, None, "connected").await;
     h.seed(2, Some(""), "connected").await;
     h.seed(3, Some(" \t "), "connected").await;
@@ -376,11 +400,12 @@ async fn missing_session_id_is_400() {
 
 // ---- 5. orchestrator ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_refusing_connections_is_502() {
+async fn orchestrator_refusing_connections_is_502(backend: Backend) {
     let closed = free_port();
-    let h =
-        Harness::start_with(|o| o.orchestrator_url = format!("http://127.0.0.1:{closed}")).await;
+    let h = Harness::start_with(backend, |o| {
+        o.orchestrator_url = format!("http://127.0.0.1:{closed}")
+    })
+    .await;
     h.seed(1, Some("ok-1"), "connected").await;
     h.disconnect("1")
         .await
@@ -388,9 +413,8 @@ async fn orchestrator_refusing_connections_is_502() {
     assert_eq!(h.status_of(1).await, "connected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_timeout_is_502_naming_the_configured_timeout() {
-    let h = Harness::start().await;
+async fn orchestrator_timeout_is_502_naming_the_configured_timeout(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(1, Some("hang-1"), "connected").await;
     h.seed(2, Some("trickle-2"), "connected").await;
     let expected = bad_gateway(&format!(
@@ -403,9 +427,8 @@ async fn orchestrator_timeout_is_502_naming_the_configured_timeout() {
     assert_eq!(h.status_of(2).await, "connected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_resetting_the_connection_is_502() {
-    let h = Harness::start().await;
+async fn orchestrator_resetting_the_connection_is_502(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(1, Some("reset-1"), "connected").await;
     h.seed(2, Some("midreset-2"), "connected").await;
     for id in ["1", "2"] {
@@ -417,9 +440,8 @@ async fn orchestrator_resetting_the_connection_is_502() {
     assert_eq!(h.status_of(2).await, "connected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_answers_that_are_not_a_json_object_are_502() {
-    let h = Harness::start().await;
+async fn orchestrator_answers_that_are_not_a_json_object_are_502(backend: Backend) {
+    let h = Harness::start(backend).await;
     let cases = [
         "text200-1",
         "html500-2",
@@ -439,9 +461,8 @@ async fn orchestrator_answers_that_are_not_a_json_object_are_502() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_refusals_are_500_with_its_message() {
-    let h = Harness::start().await;
+async fn orchestrator_refusals_are_500_with_its_message(backend: Backend) {
+    let h = Harness::start(backend).await;
     let cases = [
         ("json500err-1", "Sesión inexistente en el orquestador"),
         ("json500msg-2", "Solo mensaje"),
@@ -462,9 +483,8 @@ async fn orchestrator_refusals_are_500_with_its_message() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_request_shape_and_path_prefix() {
-    let h = Harness::start_with(|o| o.orchestrator_url.push_str("/wa/")).await;
+async fn orchestrator_request_shape_and_path_prefix(backend: Backend) {
+    let h = Harness::start_with(backend, |o| o.orchestrator_url.push_str("/wa/")).await;
     h.seed(1, Some("ok a/b?c"), "connected").await;
     let a = h.disconnect("1").await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -480,9 +500,8 @@ async fn orchestrator_request_shape_and_path_prefix() {
 
 // ---- 6. update ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn success_answers_with_the_updated_row() {
-    let h = Harness::start().await;
+async fn success_answers_with_the_updated_row(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(7, Some("ok-7"), "connected").await;
     let before = chrono::Utc::now();
     let a = h.disconnect("007").await;
@@ -502,7 +521,7 @@ async fn success_answers_with_the_updated_row() {
     );
     a.assert(200, &expected);
     assert_eq!(h.orchestrator.calls_for("ok-7"), 1);
-    let (status, sid, _) = row_state(&h.pool, 7).await.unwrap();
+    let (status, sid) = h.pool.row(7).await.unwrap();
     assert_eq!(
         (status.as_str(), sid.as_deref()),
         ("disconnected", Some("ok-7"))
@@ -514,15 +533,11 @@ async fn success_answers_with_the_updated_row() {
     assert_eq!(h.orchestrator.calls().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn null_columns_are_json_null() {
-    let h = Harness::start().await;
-    sqlx::query(
-        "INSERT INTO whatsapp_sessions (id, session_id, status) VALUES (3, 'ok-3', 'connected')",
-    )
-    .execute(&h.pool)
-    .await
-    .unwrap();
+async fn null_columns_are_json_null(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.pool
+        .exec("INSERT INTO whatsapp_sessions (id, session_id, status) VALUES (3, 'ok-3', 'connected')")
+        .await;
     let a = h.disconnect("3").await;
     assert_eq!(a.status, 200, "{}", a.body);
     let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
@@ -540,17 +555,10 @@ async fn null_columns_are_json_null() {
 
 // ---- 7. update failed after the orchestrator succeeded ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_update_after_orchestrator_success_is_200_with_warning() {
-    let h = Harness::start().await;
+async fn failed_update_after_orchestrator_success_is_200_with_warning(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(4, Some("ok-4"), "connected").await;
-    sqlx::query(
-        "CREATE TRIGGER refuse_update BEFORE UPDATE ON whatsapp_sessions \
-         BEGIN SELECT RAISE(ABORT, 'disk full'); END",
-    )
-    .execute(&h.pool)
-    .await
-    .unwrap();
+    h.pool.refuse_updates().await;
     let expected = format!(
         r#"{{"success":true,"message":"Sesión desconectada exitosamente","warning":"La sesión se desconectó en el orquestador, pero no se pudo actualizar su estado en la base de datos","data":{{"session_id":"ok-4","orchestrator_disconnect":{},"updated_session":null}}}}"#,
         ok_body("ok-4")
@@ -562,14 +570,10 @@ async fn failed_update_after_orchestrator_success_is_200_with_warning() {
 
 // ---- Beyond the document ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_database_is_503_and_the_orchestrator_is_not_called() {
-    let h = Harness::start().await;
+async fn failing_database_is_503_and_the_orchestrator_is_not_called(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(1, Some("ok-1"), "connected").await;
-    sqlx::query("DROP TABLE whatsapp_sessions")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    h.pool.exec("DROP TABLE whatsapp_sessions").await;
     let a = h.disconnect("1").await;
     a.assert(
         503,
@@ -577,14 +581,13 @@ async fn failing_database_is_503_and_the_orchestrator_is_not_called() {
     );
     assert_eq!(h.orchestrator.calls().len(), 0);
     // No SQL text or path leaks.
-    assert!(!a.body.contains("whatsapp_sessions") && !a.body.contains(".db"));
+    assert!(!a.body.contains("whatsapp_sessions") && !a.body.contains(&h.db.url));
     // The proxy is unaffected.
     assert_eq!(h.request("GET", "/health").await.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_disconnects_of_one_session_call_the_orchestrator_once() {
-    let h = Harness::start().await;
+async fn concurrent_disconnects_of_one_session_call_the_orchestrator_once(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.seed(9, Some("slow-9"), "connected").await;
     let requests = (0..20).map(|_| h.disconnect("9"));
     let answers = futures_join_all(requests).await;

@@ -3,14 +3,19 @@
 
 mod support;
 
+use std::time::Duration;
+use support::db::{Backend, TestDb};
 use support::orchestrator::FakeOrchestrator;
 use support::upstream::EchoUpstream;
-use support::{free_port, Gateway, GatewayOptions, SqliteDb};
-use std::time::Duration;
+use support::{free_port, Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn start(upstream: std::net::SocketAddr, orchestrator: &FakeOrchestrator, db: &SqliteDb) -> Gateway {
+async fn start(
+    upstream: std::net::SocketAddr,
+    orchestrator: &FakeOrchestrator,
+    db: &TestDb,
+) -> Gateway {
     Gateway::start(&GatewayOptions {
         upstream,
         orchestrator_url: orchestrator.url(),
@@ -54,7 +59,7 @@ async fn requests_reach_the_upstream_unchanged_with_forwarding_headers() {
     let (upstream, orchestrator, db) = (
         EchoUpstream::start().await,
         FakeOrchestrator::start().await,
-        SqliteDb::new(),
+        TestDb::new(Backend::Sqlite, None).await,
     );
     let gw = start(upstream.addr, &orchestrator, &db).await;
     let body = "{\"texto\":\"¡hola!\"}";
@@ -76,7 +81,10 @@ async fn requests_reach_the_upstream_unchanged_with_forwarding_headers() {
     let (head, echo) = split(&response);
 
     assert_eq!(echo["method"], "PATCH");
-    assert_eq!(echo["uri"], "/api/whatsapp_sessions/1/messages?q=%20a&&b=c+d;e&x=%2F");
+    assert_eq!(
+        echo["uri"],
+        "/api/whatsapp_sessions/1/messages?q=%20a&&b=c+d;e&x=%2F"
+    );
     assert_eq!(echo["body"], body);
     assert_eq!(header(&echo, "host"), ["example.test:8080"]);
     assert_eq!(header(&echo, "x-custom"), ["uno", "dos"]);
@@ -90,8 +98,14 @@ async fn requests_reach_the_upstream_unchanged_with_forwarding_headers() {
     // The response comes back as the upstream sent it.
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
     let head_lower = head.to_ascii_lowercase();
-    assert!(head_lower.contains("\r\nset-cookie: a=1; path=/\r\n"), "{head}");
-    assert!(head_lower.contains("\r\nset-cookie: b=2; path=/; httponly\r\n"), "{head}");
+    assert!(
+        head_lower.contains("\r\nset-cookie: a=1; path=/\r\n"),
+        "{head}"
+    );
+    assert!(
+        head_lower.contains("\r\nset-cookie: b=2; path=/; httponly\r\n"),
+        "{head}"
+    );
     assert!(head_lower.contains("\r\nx-upstream: echo\r\n"), "{head}");
     assert_eq!(orchestrator.calls().len(), 0);
 }
@@ -101,7 +115,7 @@ async fn forwarding_headers_are_added_when_the_client_sent_none() {
     let (upstream, orchestrator, db) = (
         EchoUpstream::start().await,
         FakeOrchestrator::start().await,
-        SqliteDb::new(),
+        TestDb::new(Backend::Sqlite, None).await,
     );
     let gw = start(upstream.addr, &orchestrator, &db).await;
     let response = exchange(
@@ -118,7 +132,10 @@ async fn forwarding_headers_are_added_when_the_client_sent_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_502_and_the_gateway_stays_up() {
-    let (orchestrator, db) = (FakeOrchestrator::start().await, SqliteDb::new());
+    let (orchestrator, db) = (
+        FakeOrchestrator::start().await,
+        TestDb::new(Backend::Sqlite, None).await,
+    );
     let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw = start(closed, &orchestrator, &db).await;
     let client = reqwest::Client::new();

@@ -2,14 +2,13 @@
 //! orchestrator with fault modes, an echoing upstream, and a SQLite database file.
 #![allow(dead_code)]
 
+pub mod db;
 pub mod orchestrator;
 pub mod upstream;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_whatsapp-gateway");
@@ -122,67 +121,4 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A SQLite database file in a temp dir, migrated by the gateway at its start.
-pub struct SqliteDb {
-    pub url: String,
-    pub path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SqliteDb {
-    pub fn new() -> SqliteDb {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("gateway.db");
-        SqliteDb {
-            url: format!("sqlite://{}", path.display()),
-            path,
-            _dir: dir,
-        }
-    }
-
-    /// A connection to the file the gateway created.
-    pub async fn pool(&self) -> SqlitePool {
-        SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(
-                SqliteConnectOptions::from_str(&self.url)
-                    .unwrap()
-                    .busy_timeout(Duration::from_secs(5)),
-            )
-            .await
-            .expect("open the test database")
-    }
-}
-
-/// A row as the tests seed it.
-pub struct Seed<'a> {
-    pub id: i64,
-    pub session_id: Option<&'a str>,
-    pub status: &'a str,
-}
-
-pub async fn seed(pool: &SqlitePool, row: Seed<'_>) {
-    sqlx::query(
-        "INSERT INTO whatsapp_sessions (id, session_id, status, phone_number, last_seen, \
-         auth_folder_path, whatsapp_user_id, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, '+34600000000', '2024-01-01T12:00:00.000Z', '/auth/x', 'user123', \
-         '2024-01-01T10:00:00.000Z', '2024-01-01T10:00:00.000Z')",
-    )
-    .bind(row.id)
-    .bind(row.session_id)
-    .bind(row.status)
-    .execute(pool)
-    .await
-    .expect("seed a row");
-}
-
-/// `(status, session_id, updated_at)` of row `id`.
-pub async fn row_state(pool: &SqlitePool, id: i64) -> Option<(String, Option<String>, String)> {
-    sqlx::query_as("SELECT status, session_id, updated_at FROM whatsapp_sessions WHERE id = ?1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .unwrap()
 }
