@@ -80,6 +80,13 @@ impl Pool {
         result.unwrap_or_else(|e| panic!("seed row {id}: {e}"));
     }
 
+    pub async fn close(&self) {
+        match self {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
     /// `(status, session_id)` of row `id`.
     pub async fn row(&self, id: i64) -> Option<(String, Option<String>)> {
         let sql = "SELECT status::text, session_id::text FROM whatsapp_sessions WHERE id = $1";

@@ -111,6 +111,10 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
