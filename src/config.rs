@@ -37,8 +37,49 @@ pub struct GatewayConfig {
     pub listen: String,
     /// The Next.js upstream, `host:port`. Env: `GATEWAY_UPSTREAM`.
     pub upstream: String,
+    pub upstream_timeouts: UpstreamTimeouts,
     pub database: DatabaseConfig,
     pub orchestrator: OrchestratorConfig,
+    pub journal: JournalConfig,
+}
+
+/// Timeouts towards the Next.js upstream: a connect that takes longer, or a read or write
+/// that waits longer for the next byte, fails the request with 504.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    pub connect_ms: u64,
+    pub read_ms: u64,
+    pub write_ms: u64,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect_ms: 5_000,
+            read_ms: 60_000,
+            write_ms: 60_000,
+        }
+    }
+}
+
+/// The owed-write journal (CONTRACT.md section 7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Local file; env: `GATEWAY_JOURNAL_PATH`.
+    pub path: String,
+    /// Cap of the exponential backoff between retries while the database is unavailable.
+    pub max_retry_delay_ms: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: "data/owed-writes.jsonl".into(),
+            max_retry_delay_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +90,9 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
+    /// How long the row update after a successful orchestrator call may take before the
+    /// write is journaled instead.
+    pub write_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,8 +111,10 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: "0.0.0.0:8080".into(),
             upstream: "127.0.0.1:3001".into(),
+            upstream_timeouts: UpstreamTimeouts::default(),
             database: DatabaseConfig::default(),
             orchestrator: OrchestratorConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -79,6 +125,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://data/gateway.db".into(),
             max_connections: 10,
             acquire_timeout_ms: 3000,
+            write_timeout_ms: 5000,
         }
     }
 }
@@ -110,6 +157,10 @@ impl Config {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.gateway.database.acquire_timeout_ms)
     }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway.database.write_timeout_ms)
+    }
 }
 
 /// Environment variables the gateway reads, in the order they are applied.
@@ -120,6 +171,7 @@ pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
     "WHATSAPP_ORCHESTRATOR_URL",
     "ORCHESTRATOR_TIMEOUT_MS",
+    "GATEWAY_JOURNAL_PATH",
 ];
 
 /// Loads `path` (or the built-in defaults when `None`), applies the environment, validates.
@@ -245,6 +297,9 @@ fn apply_env(
             )
         })?;
     }
+    if let Some(v) = env("GATEWAY_JOURNAL_PATH") {
+        gateway.journal.path = v;
+    }
     validate(gateway.clone(), server)
 }
 
@@ -265,6 +320,35 @@ fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, Config
         )
     })?;
 
+    for (key, value) in [
+        (
+            "gateway.upstream_timeouts.connect_ms",
+            gateway.upstream_timeouts.connect_ms,
+        ),
+        (
+            "gateway.upstream_timeouts.read_ms",
+            gateway.upstream_timeouts.read_ms,
+        ),
+        (
+            "gateway.upstream_timeouts.write_ms",
+            gateway.upstream_timeouts.write_ms,
+        ),
+        (
+            "gateway.database.write_timeout_ms",
+            gateway.database.write_timeout_ms,
+        ),
+        (
+            "gateway.journal.max_retry_delay_ms",
+            gateway.journal.max_retry_delay_ms,
+        ),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
+    if gateway.journal.path.trim().is_empty() {
+        return Err(invalid("gateway.journal.path", "must not be empty"));
+    }
     let db = &gateway.database;
     if crate::store::Backend::of_url(&db.url).is_none() {
         // Never echo the URL: it may carry a password.

@@ -4,15 +4,18 @@
 //! Plain async Rust over the two traits ([`SessionStore`], [`Orchestrator`]); nothing here
 //! knows about Pingora.
 
-use crate::locks::KeyedLocks;
+use crate::durable::Durable;
+use crate::journal::Journal;
+use crate::locks::{KeyGuard, KeyedLocks};
 use crate::orchestrator::{Failure, Orchestrator, Outcome};
 use crate::reply::Reply;
-use crate::store::{Session, SessionStore};
+use crate::store::{LockedSession, Session, SessionStore};
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const MSG_SUCCESS: &str = "Sesión desconectada exitosamente";
 pub const MSG_UPDATE_WARNING: &str =
@@ -23,7 +26,13 @@ pub struct Deps {
     pub store: Arc<dyn SessionStore>,
     pub orchestrator: Arc<dyn Orchestrator>,
     /// In-process queue per session id, in front of the store's own lock.
-    pub locks: KeyedLocks,
+    pub locks: Arc<KeyedLocks>,
+    /// Where an update that failed after the orchestrator said yes is owed.
+    pub journal: Arc<Journal>,
+    /// Runs the orchestrator call and what follows it to the end, whatever the request does.
+    pub durable: Arc<Durable>,
+    /// How long the row update after the orchestrator call may take before it is journaled.
+    pub write_timeout: Duration,
 }
 
 /// Every way the route says no, with its status and exact message.
@@ -43,6 +52,9 @@ pub enum Rejection {
     Refused(String),
     #[error("Base de datos no disponible")]
     DatabaseUnavailable,
+    /// A bug (a panicked task), never an expected path.
+    #[error("Error interno del servidor")]
+    Internal,
 }
 
 impl Rejection {
@@ -55,6 +67,7 @@ impl Rejection {
             Rejection::Unreachable(_) => StatusCode::BAD_GATEWAY,
             Rejection::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -131,7 +144,7 @@ pub async fn handle(segment: &str, deps: &Deps) -> Reply {
 async fn disconnect(segment: &str, deps: &Deps) -> Result<Disconnected, Rejection> {
     let id = parse_id(segment)?;
 
-    let _queued = deps.locks.lock(id).await;
+    let queued = deps.locks.lock(id).await;
     let mut locked = deps.store.lock(id).await.map_err(database_unavailable)?;
     let row = locked
         .fetch()
@@ -147,30 +160,86 @@ async fn disconnect(segment: &str, deps: &Deps) -> Result<Disconnected, Rejectio
         _ => return Err(Rejection::NoSessionId),
     };
 
-    let orchestrator_disconnect = match deps.orchestrator.disconnect(&session_id).await {
-        Outcome::Disconnected(body) => body,
-        Outcome::Refused(message) => return Err(Rejection::Refused(message)),
-        Outcome::Unreachable(failure) => return Err(Rejection::Unreachable(failure)),
+    let finish = Finish {
+        orchestrator: deps.orchestrator.clone(),
+        journal: deps.journal.clone(),
+        write_timeout: deps.write_timeout,
+        id,
+        session_id,
+        locked,
+        _queued: queued,
     };
+    deps.durable
+        .run(finish.run())
+        .await
+        .unwrap_or(Err(Rejection::Internal))
+}
 
-    let (updated_session, warning) = match locked.mark_disconnected().await {
-        Ok(updated) => (updated, None),
-        Err(e) => {
-            tracing::error!(id, session_id, error = %e,
-                "session disconnected at the orchestrator but its row could not be updated");
-            (None, Some(MSG_UPDATE_WARNING))
+/// Steps 5 to 7, owning everything they need, so they can run to the end on their own:
+/// once the orchestrator is asked, its answer is either written to the row or journaled.
+struct Finish {
+    orchestrator: Arc<dyn Orchestrator>,
+    journal: Arc<Journal>,
+    write_timeout: Duration,
+    id: i64,
+    session_id: String,
+    /// Held until the end: the database lock, and the in-process queue place.
+    locked: Box<dyn LockedSession>,
+    _queued: KeyGuard,
+}
+
+impl Finish {
+    async fn run(mut self) -> Result<Disconnected, Rejection> {
+        let orchestrator_disconnect = match self.orchestrator.disconnect(&self.session_id).await {
+            Outcome::Disconnected(body) => body,
+            Outcome::Refused(message) => return Err(Rejection::Refused(message)),
+            Outcome::Unreachable(failure) => return Err(Rejection::Unreachable(failure)),
+        };
+        let (id, session_id) = (self.id, self.session_id);
+        let written =
+            tokio::time::timeout(self.write_timeout, self.locked.mark_disconnected()).await;
+        let (updated_session, warning) = match written {
+            Ok(Ok(updated)) => (updated, None),
+            Ok(Err(e)) => {
+                tracing::error!(id, session_id, error = %e,
+                    "disconnected at the orchestrator, but the row update failed");
+                owe(&self.journal, id, &session_id).await;
+                (None, Some(MSG_UPDATE_WARNING))
+            }
+            Err(_) => {
+                tracing::error!(id, session_id, timeout = ?self.write_timeout,
+                    "disconnected at the orchestrator, but the row update timed out");
+                owe(&self.journal, id, &session_id).await;
+                (None, Some(MSG_UPDATE_WARNING))
+            }
+        };
+        Ok(Disconnected {
+            success: true,
+            message: MSG_SUCCESS,
+            warning,
+            data: DisconnectedData {
+                session_id,
+                orchestrator_disconnect,
+                updated_session,
+            },
+        })
+    }
+}
+
+/// Journals the owed write (fsync'd before the answer goes out).
+async fn owe(journal: &Arc<Journal>, id: i64, session_id: &str) {
+    match journal.owe_async(id, session_id).await {
+        Ok(entry) => {
+            tracing::warn!(
+                id,
+                session_id,
+                seq = entry.seq,
+                "owed write journaled; it will be retried"
+            )
         }
-    };
-    Ok(Disconnected {
-        success: true,
-        message: MSG_SUCCESS,
-        warning,
-        data: DisconnectedData {
-            session_id,
-            orchestrator_disconnect,
-            updated_session,
-        },
-    })
+        Err(e) => tracing::error!(id, session_id, error = %e, journal = %journal.path().display(),
+            "could not journal the owed write: the row stays connected until fixed by hand"),
+    }
 }
 
 fn database_unavailable(e: crate::store::StoreError) -> Rejection {

@@ -5,9 +5,12 @@
 
 pub mod config;
 pub mod disconnect;
+pub mod durable;
+pub mod journal;
 pub mod locks;
 pub mod orchestrator;
 pub mod proxy;
+pub mod replay;
 pub mod reply;
 pub mod routes;
 pub mod store;

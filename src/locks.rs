@@ -12,21 +12,22 @@ pub struct KeyedLocks {
     map: Mutex<HashMap<i64, Arc<AsyncMutex<()>>>>,
 }
 
-pub struct KeyGuard<'a> {
-    locks: &'a KeyedLocks,
+/// Held until dropped; owns what it needs, so it can move into a spawned task.
+pub struct KeyGuard {
+    locks: Arc<KeyedLocks>,
     key: i64,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl KeyedLocks {
-    pub async fn lock(&self, key: i64) -> KeyGuard<'_> {
+    pub async fn lock(self: &Arc<Self>, key: i64) -> KeyGuard {
         let mutex = {
             let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(map.entry(key).or_default())
         };
         let guard = mutex.lock_owned().await;
         KeyGuard {
-            locks: self,
+            locks: Arc::clone(self),
             key,
             guard: Some(guard),
         }
@@ -44,7 +45,7 @@ impl KeyedLocks {
     }
 }
 
-impl Drop for KeyGuard<'_> {
+impl Drop for KeyGuard {
     fn drop(&mut self) {
         let mut map = self
             .locks

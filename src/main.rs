@@ -3,12 +3,17 @@
 use anyhow::Context;
 use clap::Parser;
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 use std::sync::Arc;
+use std::time::Duration;
 use whatsapp_gateway::config::{self, Config};
 use whatsapp_gateway::disconnect::Deps;
+use whatsapp_gateway::durable::Durable;
+use whatsapp_gateway::journal::Journal;
 use whatsapp_gateway::orchestrator::HttpOrchestrator;
-use whatsapp_gateway::proxy::Gateway;
+use whatsapp_gateway::proxy::{self, Gateway};
+use whatsapp_gateway::replay;
 use whatsapp_gateway::store::{Backend, PoolSettings, PostgresStore, SessionStore, SqliteStore};
 
 /// Pingora gateway in front of a Next.js app: answers
@@ -91,12 +96,23 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
         config.orchestrator_timeout(),
     )
     .context("building the orchestrator client")?;
+    let journal = Arc::new(
+        Journal::open(&config.gateway.journal.path)
+            .with_context(|| format!("gateway.journal.path: {}", config.gateway.journal.path))?,
+    );
+    let durable = Arc::new(Durable::default());
     let deps = Arc::new(Deps {
-        store,
+        store: store.clone(),
         orchestrator: Arc::new(orchestrator),
         locks: Default::default(),
+        journal: journal.clone(),
+        durable: durable.clone(),
+        write_timeout: config.write_timeout(),
     });
 
+    // How long the exit may wait for disconnects in flight.
+    let drain_limit =
+        config.orchestrator_timeout() + config.write_timeout() + Duration::from_secs(5);
     // The file was read by config::load; Pingora gets the parsed ServerConf.
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
@@ -104,17 +120,56 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
     let mut proxy = pingora_proxy::http_proxy_service(
         &server.configuration,
         Gateway {
-            upstream: config.upstream,
+            upstream: proxy::upstream_peer(config.upstream, &config.gateway.upstream_timeouts),
             deps,
         },
     );
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
+    server.add_service(background_service(
+        "owed-write replay",
+        Replayer {
+            journal,
+            store,
+            durable: durable.clone(),
+            max_delay: Duration::from_millis(config.gateway.journal.max_retry_delay_ms),
+        },
+    ));
     tracing::info!(
         listen = %config.listen,
         upstream = %config.upstream,
         threads = server.configuration.threads,
         "whatsapp-gateway starting"
     );
-    server.run_forever();
+    server.run(RunArgs::default());
+
+    // Pingora has stopped serving. Orchestrator calls still in flight finish and land in the
+    // database or the journal before the process exits.
+    let unfinished = durable.drain(drain_limit);
+    if unfinished > 0 {
+        tracing::error!(unfinished, "exiting with disconnects still in flight");
+    }
+    tracing::info!("whatsapp-gateway stopped");
+    std::process::exit(0);
+}
+
+/// Starts the journal replay on the durable runtime once the server runs (after a daemon
+/// fork, if any), and keeps the service alive until shutdown.
+struct Replayer {
+    journal: Arc<Journal>,
+    store: Arc<dyn SessionStore>,
+    durable: Arc<Durable>,
+    max_delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Replayer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.durable.spawn_background(replay::run(
+            self.journal.clone(),
+            self.store.clone(),
+            self.max_delay,
+        ));
+        let _ = shutdown.changed().await;
+    }
 }

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method};
 use pingora::prelude::*;
+use pingora::ErrorSource;
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::net::SocketAddr;
+use pingora_proxy::FailToProxy;
 use std::sync::Arc;
 
 /// Request bodies on the native route are read and dropped up to this size, so the
@@ -17,7 +18,8 @@ use std::sync::Arc;
 pub const MAX_DRAIN: usize = 1024 * 1024;
 
 pub struct Gateway {
-    pub upstream: SocketAddr,
+    /// The Next.js upstream with its timeouts; cloned for each proxied request.
+    pub upstream: HttpPeer,
     pub deps: Arc<Deps>,
 }
 
@@ -47,7 +49,45 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        Ok(Box::new(self.upstream.clone()))
+    }
+
+    /// Upstream failures get a short plain-text answer: 504 when the upstream was too slow
+    /// (connect, read or write timeout), 502 otherwise. Same mapping as Pingora's default for
+    /// everything else.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut ()) -> FailToProxy {
+        let code = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => *code,
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => 504,
+            (ErrorSource::Upstream, _) => 502,
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => 0, // the client is gone
+            (ErrorSource::Downstream, _) => 400,
+            _ => 500,
+        };
+        if code > 0 {
+            let body = match code {
+                502 => "502 Bad Gateway: the upstream app did not answer\n",
+                504 => "504 Gateway Timeout: the upstream app took too long\n",
+                400 => "400 Bad Request\n",
+                _ => "Gateway error\n",
+            };
+            if let Err(write_error) = session
+                .respond_error_with_body(code, Bytes::from_static(body.as_bytes()))
+                .await
+            {
+                tracing::debug!(error = %write_error, "could not send the error answer");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_request_filter(
@@ -58,6 +98,19 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         add_forwarded_headers(session, upstream_request)
     }
+}
+
+/// The upstream peer, built once at start.
+pub fn upstream_peer(
+    addr: std::net::SocketAddr,
+    timeouts: &crate::config::UpstreamTimeouts,
+) -> HttpPeer {
+    use std::time::Duration;
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
+    peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
+    peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
+    peer
 }
 
 /// Reads and drops the request body up to [`MAX_DRAIN`]. `Ok(true)` when all of it was read

@@ -52,6 +52,11 @@ pub trait SessionStore: Send + Sync {
     /// It excludes every other holder of the same id that shares this database (in the
     /// PostgreSQL store, across gateway processes).
     async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError>;
+
+    /// The owed write of the journal: marks row `id` disconnected only if it is still
+    /// `connected` with this `session_id`. `Ok(true)` if it wrote, `Ok(false)` if the row no
+    /// longer matches (reconnected, changed or gone) and nothing was written.
+    async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError>;
 }
 
 /// A session whose disconnect lock is held.

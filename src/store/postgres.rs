@@ -34,6 +34,9 @@ static MARK_DISCONNECTED: LazyLock<String> = LazyLock::new(|| {
          WHERE id = $1 RETURNING {CAST_COLUMNS}"
     )
 });
+const APPLY_OWED: &str =
+    "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
+    WHERE id = $1 AND status::text = 'connected' AND session_id::text = $2";
 /// One 64-bit advisory key per session id, in a namespace of its own so it does not collide
 /// with advisory locks the legacy app may take on bare ids.
 const LOCK: &str =
@@ -87,6 +90,15 @@ impl SessionStore for PostgresStore {
         let mut tx = self.pool().await.begin().await?;
         sqlx::query(LOCK).bind(id).execute(&mut *tx).await?;
         Ok(Box::new(PostgresSession { tx: Some(tx), id }))
+    }
+
+    async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(APPLY_OWED)
+            .bind(id)
+            .bind(session_id)
+            .execute(self.pool().await)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
 

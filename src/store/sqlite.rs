@@ -18,6 +18,10 @@ static MARK_DISCONNECTED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+static APPLY_OWED: &str = "UPDATE whatsapp_sessions SET status = 'disconnected', \
+    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+    WHERE id = ?1 AND status = 'connected' AND session_id = ?2";
+
 pub struct SqliteStore {
     options: SqliteConnectOptions,
     settings: PoolSettings,
@@ -77,6 +81,15 @@ impl SessionStore for SqliteStore {
             pool: self.pool().await.clone(),
             id,
         }))
+    }
+
+    async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(APPLY_OWED)
+            .bind(id)
+            .bind(session_id)
+            .execute(self.pool().await)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
 

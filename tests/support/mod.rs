@@ -92,6 +92,7 @@ impl Gateway {
                 opts.orchestrator_timeout_ms.to_string(),
             )
             .env("RUST_LOG", "info")
+            .env("GATEWAY_JOURNAL_PATH", dir.path().join("owed-writes.jsonl"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in &opts.env {
