@@ -60,7 +60,8 @@ impl Durable {
         let Some(runtime) = self.runtime.get() else {
             return 0;
         };
-        let _ = runtime.block_on(tokio::time::timeout(limit, self.tracker.wait()));
+        // The timer must be created inside the runtime.
+        let _ = runtime.block_on(async { tokio::time::timeout(limit, self.tracker.wait()).await });
         self.tracker.len()
     }
 }

@@ -112,6 +112,29 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Sends a signal (`TERM`, `KILL`, ...) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits (bounded) for the process to exit; `None` if it did not.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub fn child_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -198,6 +198,23 @@ async fn serve(mut stream: TcpStream, calls: Arc<Mutex<Vec<Recorded>>>) -> std::
         )
     } else if sid.starts_with("nosuccess200") {
         respond("200 OK", json, r#"{"message":"hecho"}"#)
+    } else if sid.starts_with("html404") {
+        respond(
+            "404 Not Found",
+            "text/html",
+            "<html><body>Not Found</body></html>",
+        )
+    } else if sid.starts_with("empty400") {
+        respond("400 Bad Request", json, "")
+    } else if sid.starts_with("msg400") {
+        respond(
+            "400 Bad Request",
+            json,
+            r#"{"message":"Solicitud inválida"}"#,
+        )
+    } else if sid.starts_with("slow2s") {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        respond("200 OK", json, &ok_body(&sid))
     } else if sid.starts_with("slow") {
         tokio::time::sleep(Duration::from_millis(300)).await;
         respond("200 OK", json, &ok_body(&sid))
