@@ -41,6 +41,71 @@ pub struct GatewayConfig {
     pub database: DatabaseConfig,
     pub orchestrator: OrchestratorConfig,
     pub journal: JournalConfig,
+    /// Admin listener: /metrics, /healthz, /readyz. Env: `GATEWAY_ADMIN_LISTEN`.
+    pub admin_listen: String,
+    /// One access-log line per request (target `access`), as nginx does by default.
+    pub access_log: bool,
+    pub log_format: LogFormat,
+    pub routes: RoutesConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// How each migrated route is served: `native` (by the gateway) or `proxy` (by Next.js,
+/// like any other path). The migration's kill switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    Native,
+    Proxy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// `POST /api/whatsapp_sessions/{id}/disconnect`.
+    pub disconnect: RouteMode,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig {
+            disconnect: RouteMode::Native,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No check: the native route is open, as it was if no Next.js middleware guarded it.
+    None,
+    /// Ask `auth.url` first (see `auth.rs`).
+    Forward,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub url: Option<String>,
+    pub timeout_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            url: None,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 /// Timeouts towards the Next.js upstream: a connect that takes longer, or a read or write
@@ -115,6 +180,11 @@ impl Default for GatewayConfig {
             database: DatabaseConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             journal: JournalConfig::default(),
+            admin_listen: "127.0.0.1:9090".into(),
+            access_log: true,
+            log_format: LogFormat::Plain,
+            routes: RoutesConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -147,6 +217,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub listen: SocketAddr,
     pub upstream: SocketAddr,
+    pub admin_listen: SocketAddr,
 }
 
 impl Config {
@@ -172,6 +243,7 @@ pub const ENV_VARS: &[&str] = &[
     "WHATSAPP_ORCHESTRATOR_URL",
     "ORCHESTRATOR_TIMEOUT_MS",
     "GATEWAY_JOURNAL_PATH",
+    "GATEWAY_ADMIN_LISTEN",
 ];
 
 /// Loads `path` (or the built-in defaults when `None`), applies the environment, validates.
@@ -300,6 +372,9 @@ fn apply_env(
     if let Some(v) = env("GATEWAY_JOURNAL_PATH") {
         gateway.journal.path = v;
     }
+    if let Some(v) = env("GATEWAY_ADMIN_LISTEN") {
+        gateway.admin_listen = v;
+    }
     validate(gateway.clone(), server)
 }
 
@@ -310,6 +385,26 @@ fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, Config
             format!("expected ip:port, got {:?}", gateway.listen),
         )
     })?;
+    let admin_listen: SocketAddr = gateway.admin_listen.parse().map_err(|_| {
+        invalid(
+            "gateway.admin_listen",
+            format!("expected ip:port, got {:?}", gateway.admin_listen),
+        )
+    })?;
+    if gateway.auth.timeout_ms == 0 {
+        return Err(invalid("gateway.auth.timeout_ms", "must be at least 1"));
+    }
+    match (&gateway.auth.mode, &gateway.auth.url) {
+        (AuthMode::Forward, Some(u))
+            if url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => {}
+        (AuthMode::Forward, _) => {
+            return Err(invalid(
+                "gateway.auth.url",
+                "mode `forward` needs an http:// or https:// URL",
+            ))
+        }
+        (AuthMode::None, _) => {}
+    }
     let upstream = resolve(&gateway.upstream).ok_or_else(|| {
         invalid(
             "gateway.upstream",
@@ -397,6 +492,7 @@ fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, Config
         gateway,
         listen,
         upstream,
+        admin_listen,
     })
 }
 
@@ -463,6 +559,10 @@ mod tests {
             ("treads: 2\n", "treads"),
             ("threads: many\n", "threads"),
             ("threads: 0\n", "threads"),
+            ("gateway:\n  auth:\n    mode: forward\n", "gateway.auth.url"),
+            ("gateway:\n  auth:\n    mode: maybe\n", "mode"),
+            ("gateway:\n  routes:\n    disconnect: off\n", "disconnect"),
+            ("gateway:\n  admin_listen: x\n", "gateway.admin_listen"),
         ] {
             let err = parse(text, no_env).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} -> {err}");

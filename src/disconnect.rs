@@ -7,6 +7,7 @@
 use crate::durable::Durable;
 use crate::journal::Journal;
 use crate::locks::{KeyGuard, KeyedLocks};
+use crate::metrics;
 use crate::orchestrator::{Failure, Orchestrator, Outcome};
 use crate::reply::Reply;
 use crate::store::{LockedSession, Session, SessionStore};
@@ -15,7 +16,7 @@ use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const MSG_SUCCESS: &str = "Sesión desconectada exitosamente";
 pub const MSG_UPDATE_WARNING: &str =
@@ -83,6 +84,20 @@ impl Rejection {
         }
     }
 
+    /// The `outcome` label of `gateway_native_outcomes_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::InvalidId => "invalid_id",
+            Rejection::NotFound => "not_found",
+            Rejection::NotConnected { .. } => "not_connected",
+            Rejection::NoSessionId => "no_session_id",
+            Rejection::Unreachable(_) => "orchestrator_unreachable",
+            Rejection::Refused(_) => "orchestrator_refused",
+            Rejection::DatabaseUnavailable => "database_unavailable",
+            Rejection::Internal => "internal",
+        }
+    }
+
     pub fn reply(&self) -> Reply {
         #[derive(Serialize)]
         struct Body {
@@ -133,24 +148,47 @@ pub fn parse_id(segment: &str) -> Result<i64, Rejection> {
     }
 }
 
-/// Answers one disconnect request; `segment` is the raw `{id}` path segment.
-pub async fn handle(segment: &str, deps: &Deps) -> Reply {
-    match disconnect(segment, deps).await {
-        Ok(done) => Reply::json(StatusCode::OK, &done),
-        Err(rejection) => rejection.reply(),
+/// Answers one disconnect request; `segment` is the raw `{id}` path segment, `request_id`
+/// is passed on to the orchestrator.
+pub async fn handle(segment: &str, request_id: &str, deps: &Deps) -> Reply {
+    match disconnect(segment, request_id, deps).await {
+        Ok(done) => {
+            metrics::count_native_outcome(if done.warning.is_some() {
+                "disconnected_write_owed"
+            } else {
+                "disconnected"
+            });
+            Reply::json(StatusCode::OK, &done)
+        }
+        Err(rejection) => {
+            metrics::count_native_outcome(rejection.label());
+            rejection.reply()
+        }
     }
 }
 
-async fn disconnect(segment: &str, deps: &Deps) -> Result<Disconnected, Rejection> {
+async fn disconnect(
+    segment: &str,
+    request_id: &str,
+    deps: &Deps,
+) -> Result<Disconnected, Rejection> {
     let id = parse_id(segment)?;
 
     let queued = deps.locks.lock(id).await;
-    let mut locked = deps.store.lock(id).await.map_err(database_unavailable)?;
-    let row = locked
-        .fetch()
-        .await
-        .map_err(database_unavailable)?
-        .ok_or(Rejection::NotFound)?;
+    let started = Instant::now();
+    let read = async {
+        let mut locked = deps.store.lock(id).await?;
+        let row = locked.fetch().await?;
+        Ok::<_, crate::store::StoreError>((locked, row))
+    }
+    .await;
+    metrics::observe_database(
+        "lock_and_read",
+        read.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
+    let (locked, row) = read.map_err(database_unavailable)?;
+    let row = row.ok_or(Rejection::NotFound)?;
 
     if row.status.as_deref() != Some("connected") {
         return Err(Rejection::NotConnected { status: row.status });
@@ -166,6 +204,7 @@ async fn disconnect(segment: &str, deps: &Deps) -> Result<Disconnected, Rejectio
         write_timeout: deps.write_timeout,
         id,
         session_id,
+        request_id: request_id.to_owned(),
         locked,
         _queued: queued,
     };
@@ -183,6 +222,7 @@ struct Finish {
     write_timeout: Duration,
     id: i64,
     session_id: String,
+    request_id: String,
     /// Held until the end: the database lock, and the in-process queue place.
     locked: Box<dyn LockedSession>,
     _queued: KeyGuard,
@@ -190,14 +230,35 @@ struct Finish {
 
 impl Finish {
     async fn run(mut self) -> Result<Disconnected, Rejection> {
-        let orchestrator_disconnect = match self.orchestrator.disconnect(&self.session_id).await {
-            Outcome::Disconnected(body) => body,
-            Outcome::Refused(message) => return Err(Rejection::Refused(message)),
-            Outcome::Unreachable(failure) => return Err(Rejection::Unreachable(failure)),
+        let started = Instant::now();
+        let outcome = self
+            .orchestrator
+            .disconnect(&self.session_id, &self.request_id)
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let orchestrator_disconnect = match outcome {
+            Outcome::Disconnected(body) => {
+                metrics::observe_orchestrator("disconnected", elapsed);
+                body
+            }
+            Outcome::Refused(message) => {
+                metrics::observe_orchestrator("refused", elapsed);
+                return Err(Rejection::Refused(message));
+            }
+            Outcome::Unreachable(failure) => {
+                metrics::observe_orchestrator("unreachable", elapsed);
+                return Err(Rejection::Unreachable(failure));
+            }
         };
         let (id, session_id) = (self.id, self.session_id);
+        let started = Instant::now();
         let written =
             tokio::time::timeout(self.write_timeout, self.locked.mark_disconnected()).await;
+        metrics::observe_database(
+            "update",
+            matches!(written, Ok(Ok(_))),
+            started.elapsed().as_secs_f64(),
+        );
         let (updated_session, warning) = match written {
             Ok(Ok(updated)) => (updated, None),
             Ok(Err(e)) => {

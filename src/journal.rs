@@ -64,6 +64,7 @@ impl Journal {
         let next_seq = pending.keys().next_back().map_or(1, |s| s + 1);
         rewrite(&path, &pending)?;
         let file = OpenOptions::new().append(true).open(&path)?;
+        crate::metrics::OWED_WRITES_PENDING.set(pending.len() as i64);
         if !pending.is_empty() {
             tracing::warn!(count = pending.len(), path = %path.display(), "owed writes to replay");
         }
@@ -100,6 +101,7 @@ impl Journal {
         state.file.sync_data()?;
         state.next_seq += 1;
         state.pending.insert(entry.seq, entry.clone());
+        crate::metrics::OWED_WRITES_PENDING.set(state.pending.len() as i64);
         drop(state);
         self.owed.notify_one();
         Ok(entry)
@@ -121,6 +123,7 @@ impl Journal {
     pub fn done(&self, seq: u64) -> std::io::Result<()> {
         let mut state = self.state();
         if state.pending.remove(&seq).is_some() {
+            crate::metrics::OWED_WRITES_PENDING.set(state.pending.len() as i64);
             append(&mut state.file, &Record::Done(seq))?;
         }
         Ok(())

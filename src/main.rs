@@ -7,7 +7,9 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use std::sync::Arc;
 use std::time::Duration;
-use whatsapp_gateway::config::{self, Config};
+use whatsapp_gateway::admin::Admin;
+use whatsapp_gateway::auth::ForwardAuth;
+use whatsapp_gateway::config::{self, AuthMode, Config, LogFormat, RouteMode};
 use whatsapp_gateway::disconnect::Deps;
 use whatsapp_gateway::durable::Durable;
 use whatsapp_gateway::journal::Journal;
@@ -34,14 +36,6 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     if let Err(e) = run() {
         eprintln!("whatsapp-gateway: {e:#}");
         std::process::exit(1);
@@ -51,6 +45,7 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::load(cli.pingora.conf.as_deref(), |k| std::env::var(k).ok())?;
+    init_logs(config.gateway.log_format);
     let settings = PoolSettings {
         max_connections: config.gateway.database.max_connections,
         acquire_timeout: config.acquire_timeout(),
@@ -80,6 +75,22 @@ fn run() -> anyhow::Result<()> {
     serve(cli.pingora, config, store)
 }
 
+/// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `info`), as plain
+/// text or JSON lines; the access log is the `access` target.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Plain => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 /// Runs a start-up step on a runtime of its own, dropped before Pingora builds its runtimes.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -100,6 +111,16 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
         Journal::open(&config.gateway.journal.path)
             .with_context(|| format!("gateway.journal.path: {}", config.gateway.journal.path))?,
     );
+    let auth = match config.gateway.auth.mode {
+        AuthMode::None => None,
+        AuthMode::Forward => Some(
+            ForwardAuth::new(
+                config.gateway.auth.url.as_deref().unwrap_or_default(),
+                Duration::from_millis(config.gateway.auth.timeout_ms),
+            )
+            .context("building the auth client")?,
+        ),
+    };
     let durable = Arc::new(Durable::default());
     let deps = Arc::new(Deps {
         store: store.clone(),
@@ -122,10 +143,24 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
         Gateway {
             upstream: proxy::upstream_peer(config.upstream, &config.gateway.upstream_timeouts),
             deps,
+            native_disconnect: config.gateway.routes.disconnect == RouteMode::Native,
+            auth,
+            access_log: config.gateway.access_log,
+            request_ids: Default::default(),
         },
     );
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
+    let mut admin = pingora::services::listening::Service::new(
+        "admin".to_owned(),
+        Admin {
+            store: store.clone(),
+            upstream: config.upstream,
+            probe_timeout: Duration::from_secs(2),
+        },
+    );
+    admin.add_tcp(&config.admin_listen.to_string());
+    server.add_service(admin);
     server.add_service(background_service(
         "owed-write replay",
         Replayer {
@@ -137,7 +172,10 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
     ));
     tracing::info!(
         listen = %config.listen,
+        admin = %config.admin_listen,
         upstream = %config.upstream,
+        disconnect_route = ?config.gateway.routes.disconnect,
+        auth = ?config.gateway.auth.mode,
         threads = server.configuration.threads,
         "whatsapp-gateway starting"
     );

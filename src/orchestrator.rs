@@ -33,7 +33,9 @@ pub enum Failure {
 
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
-    async fn disconnect(&self, session_id: &str) -> Outcome;
+    /// Asks the orchestrator to disconnect `session_id`; `request_id` goes along as
+    /// `X-Request-Id` so both sides' logs can be joined.
+    async fn disconnect(&self, session_id: &str, request_id: &str) -> Outcome;
 }
 
 /// Characters left as they are in a path segment: the unreserved set, like
@@ -94,11 +96,16 @@ impl HttpOrchestrator {
         }
     }
 
-    async fn call(&self, session_id: &str) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
+    async fn call(
+        &self,
+        session_id: &str,
+        request_id: &str,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
         let mut response = self
             .client
             .post(self.disconnect_url(session_id))
             .header(reqwest::header::ACCEPT, "application/json")
+            .header("x-request-id", request_id)
             .send()
             .await
             .map_err(|e| {
@@ -128,8 +135,8 @@ impl HttpOrchestrator {
 
 #[async_trait]
 impl Orchestrator for HttpOrchestrator {
-    async fn disconnect(&self, session_id: &str) -> Outcome {
-        match self.call(session_id).await {
+    async fn disconnect(&self, session_id: &str, request_id: &str) -> Outcome {
+        match self.call(session_id, request_id).await {
             Ok((status, body)) => judge(status.is_success(), &body),
             Err(failure) => Outcome::Unreachable(failure),
         }

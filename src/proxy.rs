@@ -1,61 +1,117 @@
 //! The Pingora layer: routes each request, writes native replies, and forwards the rest to
-//! the Next.js upstream with the usual X-Forwarded-* headers. No business logic here.
+//! the Next.js upstream with the usual X-Forwarded-* headers, a request id, an access-log
+//! line and metrics. No business logic here.
 
+use crate::auth::{Decision, ForwardAuth};
+use crate::config::UpstreamTimeouts;
 use crate::disconnect::{self, Deps};
+use crate::metrics::{self, RouteKind};
 use crate::reply::Reply;
 use crate::routes::{self, Route};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, Method};
+use http::{header, HeaderValue, Method, StatusCode};
 use pingora::prelude::*;
 use pingora::ErrorSource;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::FailToProxy;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Request bodies on the native route are read and dropped up to this size, so the
 /// connection can be reused; past it the answer closes the connection.
 pub const MAX_DRAIN: usize = 1024 * 1024;
 
+const X_REQUEST_ID: &str = "x-request-id";
+
 pub struct Gateway {
     /// The Next.js upstream with its timeouts; cloned for each proxied request.
     pub upstream: HttpPeer,
     pub deps: Arc<Deps>,
+    /// `false` when `routes.disconnect: proxy`: the route goes to Next.js like any other.
+    pub native_disconnect: bool,
+    pub auth: Option<ForwardAuth>,
+    pub access_log: bool,
+    pub request_ids: RequestIds,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    route: RouteKind,
+    request_id: HeaderValue,
 }
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = ();
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            route: RouteKind::Proxied,
+            request_id: HeaderValue::from_static(""),
+        }
+    }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = self.request_ids.of(session.req_header());
+        if !self.native_disconnect {
+            return Ok(false);
+        }
         let Route::Disconnect(segment) = routes::classify(session.req_header().uri.path()) else {
             return Ok(false);
         };
+        ctx.route = RouteKind::Native;
         let segment = segment.to_owned();
         let method = session.req_header().method.clone();
         let keep_alive = drain_body(session).await?;
-        let reply = if method == Method::POST {
-            disconnect::handle(&segment, &self.deps).await
-        } else {
-            Reply::method_not_allowed()
+        let request_id = ctx.request_id.to_str().unwrap_or_default();
+        let reply = match self.authorize(session, request_id).await {
+            Some(refusal) => refusal,
+            None if method == Method::POST => {
+                disconnect::handle(&segment, request_id, &self.deps).await
+            }
+            None => {
+                metrics::count_native_outcome("method_not_allowed");
+                Reply::method_not_allowed()
+            }
         };
         if !keep_alive {
             session.set_keepalive(None);
         }
-        write_reply(session, &reply, method == Method::HEAD).await?;
+        write_reply(session, &reply, &ctx.request_id, method == Method::HEAD).await?;
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         Ok(Box::new(self.upstream.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        add_forwarded_headers(session, upstream_request)?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.clone())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.clone())
     }
 
     /// Upstream failures get a short plain-text answer: 504 when the upstream was too slow
     /// (connect, read or write timeout), 502 otherwise. Same mapping as Pingora's default for
     /// everything else.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut ()) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(code)) => *code,
             (
@@ -70,6 +126,9 @@ impl ProxyHttp for Gateway {
             (ErrorSource::Downstream, _) => 400,
             _ => 500,
         };
+        if e.esource() == &ErrorSource::Upstream {
+            metrics::count_upstream_error(code);
+        }
         if code > 0 {
             let body = match code {
                 502 => "502 Bad Gateway: the upstream app did not answer\n",
@@ -77,8 +136,12 @@ impl ProxyHttp for Gateway {
                 400 => "400 Bad Request\n",
                 _ => "Gateway error\n",
             };
+            let mut header = pingora::protocols::http::ServerSession::generate_error(code);
+            let _ = header.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            let _ = header.set_content_length(body.len());
+            let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.clone());
             if let Err(write_error) = session
-                .respond_error_with_body(code, Bytes::from_static(body.as_bytes()))
+                .write_error_response(header, Bytes::from_static(body.as_bytes()))
                 .await
             {
                 tracing::debug!(error = %write_error, "could not send the error answer");
@@ -90,22 +153,102 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        _ctx: &mut (),
-    ) -> Result<()> {
-        add_forwarded_headers(session, upstream_request)
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        metrics::count_request(ctx.route, status);
+        if self.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                uri = %req.uri,
+                status,
+                route = ctx.route.as_str(),
+                duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+                bytes = session.body_bytes_sent(),
+                request_id = ctx.request_id.to_str().unwrap_or_default(),
+            );
+        }
+    }
+}
+
+impl Gateway {
+    /// Forward auth, when configured: `None` lets the request through, `Some(reply)` is
+    /// the answer to send instead.
+    async fn authorize(&self, session: &Session, request_id: &str) -> Option<Reply> {
+        let auth = self.auth.as_ref()?;
+        let headers = &session.req_header().headers;
+        match auth
+            .check(
+                headers.get(header::COOKIE),
+                headers.get(header::AUTHORIZATION),
+                request_id,
+            )
+            .await
+        {
+            Decision::Allow => None,
+            Decision::Deny {
+                status,
+                content_type,
+                body,
+            } => {
+                metrics::count_native_outcome("auth_denied");
+                Some(Reply {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                    content_type: content_type.unwrap_or(Reply::JSON),
+                    allow: None,
+                    body,
+                })
+            }
+            Decision::Unavailable => {
+                metrics::count_native_outcome("auth_unavailable");
+                Some(Reply::auth_unavailable())
+            }
+        }
+    }
+}
+
+/// Request ids: an incoming `X-Request-Id` is kept (if it is short, visible ASCII);
+/// otherwise one is made from a random per-process prefix and a counter, unique across
+/// replicas without a random draw per request.
+pub struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        RequestIds {
+            prefix: format!("{:016x}", h.finish()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    pub fn of(&self, req: &RequestHeader) -> HeaderValue {
+        if let Some(v) = req.headers.get(X_REQUEST_ID) {
+            let b = v.as_bytes();
+            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+                return v.clone();
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
+            .unwrap_or(HeaderValue::from_static("-"))
     }
 }
 
 /// The upstream peer, built once at start.
-pub fn upstream_peer(
-    addr: std::net::SocketAddr,
-    timeouts: &crate::config::UpstreamTimeouts,
-) -> HttpPeer {
-    use std::time::Duration;
+pub fn upstream_peer(addr: std::net::SocketAddr, timeouts: &UpstreamTimeouts) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
     peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
@@ -137,13 +280,19 @@ async fn drain_body(session: &mut Session) -> Result<bool> {
     Ok(true)
 }
 
-async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result<()> {
-    let mut header = ResponseHeader::build(reply.status, Some(4))?;
-    header.insert_header(header::CONTENT_TYPE, Reply::CONTENT_TYPE)?;
+async fn write_reply(
+    session: &mut Session,
+    reply: &Reply,
+    request_id: &HeaderValue,
+    head: bool,
+) -> Result<()> {
+    let mut header = ResponseHeader::build(reply.status, Some(5))?;
+    header.insert_header(header::CONTENT_TYPE, reply.content_type.clone())?;
     header.set_content_length(reply.body.len())?;
     if let Some(allow) = reply.allow {
         header.insert_header(header::ALLOW, allow)?;
     }
+    header.insert_header(X_REQUEST_ID, request_id.clone())?;
     session
         .write_response_header(Box::new(header), head)
         .await?;

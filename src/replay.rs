@@ -23,7 +23,13 @@ pub async fn run(journal: Arc<Journal>, store: Arc<dyn SessionStore>, max_delay:
         }
         let mut failed = false;
         for entry in pending {
+            let started = std::time::Instant::now();
             let outcome = store.apply_owed(entry.id, &entry.session_id).await;
+            crate::metrics::observe_database(
+                "owed_write",
+                outcome.is_ok(),
+                started.elapsed().as_secs_f64(),
+            );
             match outcome {
                 Ok(true) => tracing::info!(
                     id = entry.id,

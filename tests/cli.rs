@@ -82,6 +82,10 @@ async fn shipped_config_starts_on_a_fresh_sqlite_file() {
         .args(["-c", conf])
         .current_dir(dir.path())
         .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "GATEWAY_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
         .env_remove("DATABASE_URL")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

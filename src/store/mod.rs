@@ -57,6 +57,9 @@ pub trait SessionStore: Send + Sync {
     /// `connected` with this `session_id`. `Ok(true)` if it wrote, `Ok(false)` if the row no
     /// longer matches (reconnected, changed or gone) and nothing was written.
     async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// A session whose disconnect lock is held.

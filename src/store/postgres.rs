@@ -100,6 +100,11 @@ impl SessionStore for PostgresStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool().await).await?;
+        Ok(())
+    }
 }
 
 struct PostgresSession {

@@ -91,6 +91,11 @@ impl SessionStore for SqliteStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool().await).await?;
+        Ok(())
+    }
 }
 
 struct SqliteSession {

@@ -58,6 +58,8 @@ pub struct GatewayOptions {
 /// A running gateway process; killed on drop.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener (/metrics, /healthz, /readyz).
+    pub admin: SocketAddr,
     pub child: Child,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -68,6 +70,7 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let conf = dir.path().join("gateway.yaml");
         std::fs::write(
             &conf,
@@ -84,6 +87,7 @@ impl Gateway {
         cmd.arg("-c")
             .arg(&conf)
             .env("GATEWAY_LISTEN", addr.to_string())
+            .env("GATEWAY_ADMIN_LISTEN", admin.to_string())
             .env("GATEWAY_UPSTREAM", opts.upstream.to_string())
             .env("DATABASE_URL", &opts.database_url)
             .env("WHATSAPP_ORCHESTRATOR_URL", &opts.orchestrator_url)
@@ -102,6 +106,7 @@ impl Gateway {
         wait_for_port(addr, &mut child, &log).await;
         Gateway {
             addr,
+            admin,
             child,
             log,
             _dir: dir,
