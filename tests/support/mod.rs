@@ -9,6 +9,7 @@ pub mod upstream;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_whatsapp-gateway");
@@ -62,16 +63,42 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub child: Child,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
 }
 
 impl Gateway {
     pub async fn start(opts: &GatewayOptions) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let conf = dir.path().join("gateway.yaml");
+        let mut gateway = Gateway::spawn(dir, addr, admin, opts, "gateway", &[]);
+        wait_for_port(addr, &mut gateway.child, &gateway.log).await;
+        gateway
+    }
+
+    /// Starts a new process that takes over this one's listeners (`-u`, Pingora's
+    /// zero-downtime upgrade) once this one gets SIGQUIT. Same addresses and upgrade
+    /// socket; `opts` may change the rest of the configuration.
+    pub fn start_upgrade(&self, opts: &GatewayOptions) -> Gateway {
+        Gateway::spawn(
+            self.dir.clone(),
+            self.addr,
+            self.admin,
+            opts,
+            "upgraded",
+            &["-u"],
+        )
+    }
+
+    fn spawn(
+        dir: Arc<tempfile::TempDir>,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        opts: &GatewayOptions,
+        name: &str,
+        args: &[&str],
+    ) -> Gateway {
+        let conf = dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &conf,
             format!(
@@ -82,10 +109,11 @@ impl Gateway {
             ),
         )
         .unwrap();
-        let log = dir.path().join("gateway.log");
+        let log = dir.path().join(format!("{name}.log"));
         let mut cmd = Command::new(GATEWAY_BIN);
         cmd.arg("-c")
             .arg(&conf)
+            .args(args)
             .env("GATEWAY_LISTEN", addr.to_string())
             .env("GATEWAY_ADMIN_LISTEN", admin.to_string())
             .env("GATEWAY_UPSTREAM", opts.upstream.to_string())
@@ -102,15 +130,18 @@ impl Gateway {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn the gateway");
-        wait_for_port(addr, &mut child, &log).await;
+        let child = cmd.spawn().expect("spawn the gateway");
         Gateway {
             addr,
             admin,
             child,
             log,
-            _dir: dir,
+            dir,
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     pub fn url(&self, path: &str) -> String {
