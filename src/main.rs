@@ -138,7 +138,8 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
-    let mut proxy = pingora_proxy::http_proxy_service(
+    let grace = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
+    let app = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway {
             upstream: proxy::upstream_peer(config.upstream, &config.gateway.upstream_timeouts),
@@ -147,6 +148,13 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
             auth,
             access_log: config.gateway.access_log,
             request_ids: Default::default(),
+        },
+    );
+    let mut proxy = pingora::services::listening::Service::new(
+        "proxy".to_owned(),
+        proxy::GracefulClose {
+            inner: Arc::new(app),
+            grace,
         },
     );
     proxy.add_tcp(&config.listen.to_string());

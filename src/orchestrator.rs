@@ -38,13 +38,18 @@ pub trait Orchestrator: Send + Sync {
     async fn disconnect(&self, session_id: &str, request_id: &str) -> Outcome;
 }
 
-/// Characters left as they are in a path segment: the unreserved set, like
-/// `encodeURIComponent` minus its `!'()*` leniency.
+/// Characters left as they are in the path segment: exactly those JavaScript's
+/// `encodeURIComponent` leaves, so the orchestrator sees the path the legacy route sent.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
-    .remove(b'~');
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 /// The most of a response body the gateway reads; more is an invalid answer.
 pub const MAX_BODY: usize = 1024 * 1024;

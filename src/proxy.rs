@@ -11,6 +11,7 @@ use crate::routes::{self, Route};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
+use pingora::apps::HttpServerApp;
 use pingora::prelude::*;
 use pingora::ErrorSource;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -244,6 +245,42 @@ impl RequestIds {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
             .unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+/// Wraps the Pingora proxy app to change one thing at shutdown. Pingora, once the listener
+/// is closed (SIGTERM, or SIGQUIT when handing over to a new process), drops every connection
+/// that is waiting for a request head: idle keep-alive connections, and connections accepted
+/// a moment earlier whose request is still in flight, which the client then sees reset. This
+/// wrapper lets those connections be served for the grace period first: a request arriving
+/// on them is answered (with `Connection: close`, as Pingora does during shutdown), and only
+/// then are the remaining idle ones dropped.
+pub struct GracefulClose<A> {
+    pub inner: Arc<A>,
+    pub grace: Duration,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for GracefulClose<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: pingora::protocols::http::ServerSession,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        tokio::time::sleep(self.grace).await;
+        self.inner.http_cleanup().await;
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod nextjs;
 pub mod orchestrator;
 pub mod upstream;
 
