@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub struct Admin {
     pub store: Arc<dyn SessionStore>,
-    pub upstream: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
     /// Bound on each readiness probe.
     pub probe_timeout: Duration,
 }
@@ -25,15 +25,16 @@ impl Admin {
         if !matches!(db, Ok(Ok(()))) {
             return Some("database unreachable");
         }
-        let upstream = tokio::time::timeout(
-            self.probe_timeout,
-            tokio::net::TcpStream::connect(self.upstream),
-        )
-        .await;
-        if !matches!(upstream, Ok(Ok(_))) {
-            return Some("upstream unreachable");
+        // Ready while at least one upstream accepts connections.
+        for upstream in &self.upstreams {
+            let connect =
+                tokio::time::timeout(self.probe_timeout, tokio::net::TcpStream::connect(upstream))
+                    .await;
+            if matches!(connect, Ok(Ok(_))) {
+                return None;
+            }
         }
-        None
+        Some("upstream unreachable")
     }
 }
 

@@ -35,9 +35,11 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 pub struct GatewayConfig {
     /// Address the proxy listens on. Env: `GATEWAY_LISTEN`.
     pub listen: String,
-    /// The Next.js upstream, `host:port`. Env: `GATEWAY_UPSTREAM`.
-    pub upstream: String,
+    /// The Next.js upstream, `host:port`, or a list of them (round robin, health-checked,
+    /// failover). Env: `GATEWAY_UPSTREAM`, comma-separated.
+    pub upstream: OneOrMany,
     pub upstream_timeouts: UpstreamTimeouts,
+    pub health_check: HealthCheckConfig,
     pub database: DatabaseConfig,
     pub orchestrator: OrchestratorConfig,
     pub journal: JournalConfig,
@@ -104,6 +106,44 @@ impl Default for AuthConfig {
             mode: AuthMode::None,
             url: None,
             timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect(),
+            OneOrMany::Many(v) => v.iter().map(|s| s.trim()).collect(),
+        }
+    }
+}
+
+/// Active health checks of the upstreams (only with more than one): a TCP connect every
+/// `interval_ms`; a backend that fails is skipped until it passes again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub interval_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            interval_ms: 1_000,
+            connect_timeout_ms: 1_000,
         }
     }
 }
@@ -175,8 +215,9 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: "0.0.0.0:8080".into(),
-            upstream: "127.0.0.1:3001".into(),
+            upstream: OneOrMany::One("127.0.0.1:3001".into()),
             upstream_timeouts: UpstreamTimeouts::default(),
+            health_check: HealthCheckConfig::default(),
             database: DatabaseConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             journal: JournalConfig::default(),
@@ -216,7 +257,8 @@ pub struct Config {
     pub server: ServerConf,
     pub gateway: GatewayConfig,
     pub listen: SocketAddr,
-    pub upstream: SocketAddr,
+    /// The Next.js upstreams, resolved at start (at least one).
+    pub upstreams: Vec<SocketAddr>,
     pub admin_listen: SocketAddr,
 }
 
@@ -342,7 +384,7 @@ fn apply_env(
         gateway.listen = v;
     }
     if let Some(v) = env("GATEWAY_UPSTREAM") {
-        gateway.upstream = v;
+        gateway.upstream = OneOrMany::One(v);
     }
     if let Some(v) = env("GATEWAY_THREADS") {
         server.threads = match v.trim().parse::<usize>() {
@@ -405,15 +447,19 @@ fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, Config
         }
         (AuthMode::None, _) => {}
     }
-    let upstream = resolve(&gateway.upstream).ok_or_else(|| {
-        invalid(
-            "gateway.upstream",
-            format!(
-                "expected host:port that resolves, got {:?}",
-                gateway.upstream
-            ),
-        )
-    })?;
+    let mut upstreams = Vec::new();
+    for item in gateway.upstream.items() {
+        let addr = resolve(item).ok_or_else(|| {
+            invalid(
+                "gateway.upstream",
+                format!("expected host:port that resolves, got {item:?}"),
+            )
+        })?;
+        upstreams.push(addr);
+    }
+    if upstreams.is_empty() {
+        return Err(invalid("gateway.upstream", "needs at least one host:port"));
+    }
 
     for (key, value) in [
         (
@@ -435,6 +481,14 @@ fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, Config
         (
             "gateway.journal.max_retry_delay_ms",
             gateway.journal.max_retry_delay_ms,
+        ),
+        (
+            "gateway.health_check.interval_ms",
+            gateway.health_check.interval_ms,
+        ),
+        (
+            "gateway.health_check.connect_timeout_ms",
+            gateway.health_check.connect_timeout_ms,
         ),
     ] {
         if value == 0 {
@@ -491,7 +545,7 @@ fn validate(gateway: GatewayConfig, server: ServerConf) -> Result<Config, Config
         server,
         gateway,
         listen,
-        upstream,
+        upstreams,
         admin_listen,
     })
 }
@@ -512,7 +566,7 @@ mod tests {
     fn defaults() {
         let c = parse("", no_env).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(c.upstream, "127.0.0.1:3001".parse().unwrap());
+        assert_eq!(c.upstreams, ["127.0.0.1:3001".parse().unwrap()]);
         assert_eq!(c.gateway.orchestrator.url, "http://localhost:3000");
         assert_eq!(c.gateway.orchestrator.timeout_ms, 30_000);
         assert_eq!(c.server.threads as u64, cores());
@@ -529,6 +583,18 @@ mod tests {
             _ => None,
         };
         let c = parse("threads: 1\ngateway:\n  listen: 127.0.0.1:1\n", env).unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        let many = parse(
+            "gateway:\n  upstream: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(many.upstreams.len(), 2);
+        let from_env = parse("", |k| {
+            (k == "GATEWAY_UPSTREAM").then(|| "127.0.0.1:1, 127.0.0.1:2".into())
+        })
+        .unwrap();
+        assert_eq!(from_env.upstreams, many.upstreams);
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.server.threads, 3);
         assert_eq!(c.gateway.orchestrator.timeout_ms, 250);

@@ -5,6 +5,9 @@ use clap::Parser;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora_load_balancing::health_check::TcpHealthCheck;
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::LoadBalancer;
 use std::sync::Arc;
 use std::time::Duration;
 use whatsapp_gateway::admin::Admin;
@@ -138,11 +141,36 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
+    let upstreams = match config.upstreams.as_slice() {
+        [one] => proxy::Upstreams::One(Box::new(proxy::upstream_peer(
+            *one,
+            &config.gateway.upstream_timeouts,
+        ))),
+        many => {
+            let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(many.iter().copied())
+                .context("gateway.upstream")?;
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(Duration::from_millis(
+                config.gateway.health_check.connect_timeout_ms,
+            ));
+            lb.set_health_check(check);
+            lb.health_check_frequency = Some(Duration::from_millis(
+                config.gateway.health_check.interval_ms,
+            ));
+            let checks = background_service("upstream health checks", lb);
+            let lb = checks.task();
+            server.add_service(checks);
+            proxy::Upstreams::Balanced {
+                lb,
+                timeouts: config.gateway.upstream_timeouts.clone(),
+            }
+        }
+    };
     let grace = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
     let app = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway {
-            upstream: proxy::upstream_peer(config.upstream, &config.gateway.upstream_timeouts),
+            upstreams,
             deps,
             native_disconnect: config.gateway.routes.disconnect == RouteMode::Native,
             auth,
@@ -163,7 +191,7 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
         "admin".to_owned(),
         Admin {
             store: store.clone(),
-            upstream: config.upstream,
+            upstreams: config.upstreams.clone(),
             probe_timeout: Duration::from_secs(2),
         },
     );
@@ -181,7 +209,7 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,
-        upstream = %config.upstream,
+        upstreams = ?config.upstreams,
         disconnect_route = ?config.gateway.routes.disconnect,
         auth = ?config.gateway.auth.mode,
         threads = server.configuration.threads,

@@ -15,7 +15,10 @@ use pingora::apps::HttpServerApp;
 use pingora::prelude::*;
 use pingora::ErrorSource;
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backend, LoadBalancer};
 use pingora_proxy::FailToProxy;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +30,8 @@ pub const MAX_DRAIN: usize = 1024 * 1024;
 const X_REQUEST_ID: &str = "x-request-id";
 
 pub struct Gateway {
-    /// The Next.js upstream with its timeouts; cloned for each proxied request.
-    pub upstream: HttpPeer,
+    /// Where proxied requests go.
+    pub upstreams: Upstreams,
     pub deps: Arc<Deps>,
     /// `false` when `routes.disconnect: proxy`: the route goes to Next.js like any other.
     pub native_disconnect: bool,
@@ -42,6 +45,42 @@ pub struct Ctx {
     started: Instant,
     route: RouteKind,
     request_id: HeaderValue,
+    /// Upstreams this request failed to connect to (failover skips them).
+    failed: Vec<SocketAddr>,
+}
+
+/// The Next.js upstream(s).
+pub enum Upstreams {
+    /// One address: its peer (with timeouts) is built once and cloned per request.
+    One(Box<HttpPeer>),
+    /// Several: round robin over the healthy ones (`pingora-load-balancing`, TCP health
+    /// checks run as a background service); a failed connect moves on to the next one.
+    Balanced {
+        lb: Arc<LoadBalancer<RoundRobin>>,
+        timeouts: UpstreamTimeouts,
+    },
+}
+
+impl Upstreams {
+    fn peer(&self, failed: &[SocketAddr]) -> Result<HttpPeer> {
+        match self {
+            Upstreams::One(peer) => Ok(HttpPeer::clone(peer)),
+            Upstreams::Balanced { lb, timeouts } => {
+                let untried = |b: &Backend| b.addr.as_inet().is_none_or(|a| !failed.contains(a));
+                let backend = lb
+                    .select_with(b"", 256, |b, healthy| healthy && untried(b))
+                    // Nobody healthy and untried: try an untried one anyway.
+                    .or_else(|| lb.select_with(b"", 256, |b, _| untried(b)))
+                    .ok_or_else(|| {
+                        Error::explain(ErrorType::ConnectNoRoute, "no upstream left to try")
+                    })?;
+                let addr = backend.addr.as_inet().copied().ok_or_else(|| {
+                    Error::explain(ErrorType::ConnectNoRoute, "upstream is not inet")
+                })?;
+                Ok(upstream_peer(addr, timeouts))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -53,6 +92,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: RouteKind::Proxied,
             request_id: HeaderValue::from_static(""),
+            failed: Vec::new(),
         }
     }
 
@@ -86,8 +126,28 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.upstream.clone()))
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        self.upstreams.peer(&ctx.failed).map(Box::new)
+    }
+
+    /// With several upstreams, a connect failure is retried on the next one (nothing was
+    /// sent yet, so any method may be retried).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Upstreams::Balanced { lb, .. } = &self.upstreams {
+            if let Some(addr) = peer._address.as_inet() {
+                ctx.failed.push(*addr);
+            }
+            if ctx.failed.len() < lb.backends().get_backend().len() {
+                e.set_retry(true);
+            }
+        }
+        e
     }
 
     async fn upstream_request_filter(

@@ -151,3 +151,117 @@ async fn upstream_down_is_502_and_the_gateway_stays_up() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A tiny upstream that answers every request with its own name; dropping it closes its
+/// listener and every connection it holds.
+struct NamedUpstream {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NamedUpstream {
+    async fn start(addr: std::net::SocketAddr, name: &'static str) -> NamedUpstream {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut have = Vec::new();
+                    loop {
+                        let n = match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        have.extend_from_slice(&buf[..n]);
+                        while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                            have.drain(..end + 4);
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                                name.len()
+                            );
+                            if stream.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        NamedUpstream { task }
+    }
+}
+
+impl Drop for NamedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_upstreams_round_robin_fail_over_and_come_back() {
+    let (orchestrator, db) = (
+        FakeOrchestrator::start().await,
+        TestDb::new(Backend::Sqlite, None).await,
+    );
+    let a_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _a = NamedUpstream::start(a_addr, "A").await;
+    let b = NamedUpstream::start(b_addr, "B").await;
+    let gw = Gateway::start(&GatewayOptions {
+        upstream: a_addr,
+        orchestrator_url: orchestrator.url(),
+        orchestrator_timeout_ms: 2000,
+        database_url: db.url.clone(),
+        extra_yaml: "gateway:\n  health_check:\n    interval_ms: 200\n".into(),
+        env: vec![("GATEWAY_UPSTREAM".into(), format!("{a_addr},{b_addr}"))],
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let served_by = |n: usize| {
+        let client = client.clone();
+        let url = gw.url("/page");
+        async move {
+            let mut names = Vec::new();
+            for _ in 0..n {
+                let r = client
+                    .get(&url)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                names.push(match r {
+                    Ok(r) if r.status() == 200 => r.text().await.unwrap(),
+                    Ok(r) => format!("status {}", r.status()),
+                    Err(e) => format!("error {e}"),
+                });
+            }
+            names
+        }
+    };
+    // Both serve.
+    let names = served_by(20).await;
+    assert!(names.iter().all(|n| n == "A" || n == "B"), "{names:?}");
+    assert!(
+        names.contains(&"A".into()) && names.contains(&"B".into()),
+        "{names:?}"
+    );
+    // B dies: no request fails, A serves them all (before and after the health check notices).
+    drop(b);
+    let names = served_by(40).await;
+    assert!(names.iter().all(|n| n == "A"), "{names:?}");
+    // ... and once the health check has marked it down.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let names = served_by(20).await;
+    assert!(names.iter().all(|n| n == "A"), "{names:?}");
+    // B comes back on its port: the health check lets it in again (bounded wait).
+    let _b = NamedUpstream::start(b_addr, "B").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = served_by(4).await;
+        assert!(names.iter().all(|n| n == "A" || n == "B"), "{names:?}");
+        if names.contains(&"B".into()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
