@@ -4,6 +4,7 @@
 mod support;
 
 use std::time::Duration;
+use support::bodies::*;
 use support::db::{Backend, Pool, TestDb};
 use support::orchestrator::{ok_body, FakeOrchestrator};
 use support::upstream::EchoUpstream;
@@ -150,30 +151,6 @@ on_both_stores!(
     failing_database_is_503_and_the_orchestrator_is_not_called,
     concurrent_disconnects_of_one_session_call_the_orchestrator_once,
 );
-
-const INVALID_ID: &str = r#"{"success":false,"error":"ID inválido"}"#;
-const NOT_FOUND: &str = r#"{"success":false,"error":"Sesión de WhatsApp no encontrada"}"#;
-const NO_SESSION_ID: &str =
-    r#"{"success":false,"error":"La sesión no tiene session_id del orquestador"}"#;
-const METHOD_NOT_ALLOWED: &str = r#"{"success":false,"error":"Método no permitido"}"#;
-
-fn not_connected(status: &str) -> String {
-    format!(
-        r#"{{"success":false,"error":"La sesión no está conectada","details":"Estado actual: {status}"}}"#
-    )
-}
-
-fn bad_gateway(details: &str) -> String {
-    format!(
-        r#"{{"success":false,"error":"Error al comunicarse con el orquestador de WhatsApp","details":"{details}"}}"#
-    )
-}
-
-fn refused(details: &str) -> String {
-    format!(
-        r#"{{"success":false,"error":"Error al desconectar sesión en el orquestador","details":"{details}"}}"#
-    )
-}
 
 // ---- Which requests are native ----
 

@@ -12,7 +12,7 @@ use support::{free_port, Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const WARNING: &str = "La sesión se desconectó en el orquestador, pero no se pudo actualizar su estado en la base de datos";
+use support::bodies::WARNING;
 
 fn options(db: &TestDb, upstream: std::net::SocketAddr, orch: &FakeOrchestrator) -> GatewayOptions {
     GatewayOptions {

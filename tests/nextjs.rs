@@ -15,6 +15,8 @@
 
 mod support;
 
+use support::bodies::*;
+
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,32 +28,7 @@ use support::{free_port, Gateway, GatewayOptions};
 /// The orchestrator timeout of both sides in these tests (the legacy app's 30 s, shortened).
 const TIMEOUT_MS: u64 = 1500;
 
-const INVALID_ID: &str = r#"{"success":false,"error":"ID inválido"}"#;
-const NOT_FOUND: &str = r#"{"success":false,"error":"Sesión de WhatsApp no encontrada"}"#;
-const NO_SESSION_ID: &str =
-    r#"{"success":false,"error":"La sesión no tiene session_id del orquestador"}"#;
-const METHOD_NOT_ALLOWED: &str = r#"{"success":false,"error":"Método no permitido"}"#;
 const INTERNAL: &str = r#"{"success":false,"error":"Error interno del servidor"}"#;
-const DB_DOWN: &str = r#"{"success":false,"error":"Base de datos no disponible"}"#;
-const WARNING: &str = "La sesión se desconectó en el orquestador, pero no se pudo actualizar su estado en la base de datos";
-
-fn not_connected(status: &str) -> String {
-    format!(
-        r#"{{"success":false,"error":"La sesión no está conectada","details":"Estado actual: {status}"}}"#
-    )
-}
-
-fn bad_gateway(details: &str) -> String {
-    format!(
-        r#"{{"success":false,"error":"Error al comunicarse con el orquestador de WhatsApp","details":"{details}"}}"#
-    )
-}
-
-fn refused(details: &str) -> String {
-    format!(
-        r#"{{"success":false,"error":"Error al desconectar sesión en el orquestador","details":"{details}"}}"#
-    )
-}
 
 fn connection_error() -> String {
     bad_gateway("Error de conexión al orquestador")

@@ -9,8 +9,11 @@ use support::orchestrator::{ok_body, FakeOrchestrator};
 use support::upstream::EchoUpstream;
 use support::{free_port, Gateway, GatewayOptions};
 
-const NOT_CONNECTED: &str = r#"{"success":false,"error":"La sesión no está conectada","details":"Estado actual: disconnected"}"#;
-const DB_DOWN: &str = r#"{"success":false,"error":"Base de datos no disponible"}"#;
+use support::bodies::DB_DOWN;
+
+fn not_connected() -> String {
+    support::bodies::not_connected("disconnected")
+}
 
 fn options(
     db_url: &str,
@@ -99,7 +102,7 @@ async fn legacy_schema_case(id: &str, text: &str, ts: &str, status: &str) {
     assert!(skew < 60, "{ddl}: updated_at {updated_at}");
     assert_eq!(db.pool.status_of(1).await, "disconnected");
 
-    assert_eq!(post(&client, &gw, 2).await, (400, NOT_CONNECTED.to_owned()));
+    assert_eq!(post(&client, &gw, 2).await, (400, not_connected()));
     let (status, _) = post(&client, &gw, 2_147_483_648).await;
     assert_eq!(
         status, 404,
@@ -204,7 +207,7 @@ async fn fifty_concurrent_disconnects_through_two_gateways_make_one_orchestrator
     let ok = answers.iter().filter(|(s, _)| *s == 200).count();
     let not_connected = answers
         .iter()
-        .filter(|(s, b)| *s == 400 && b == NOT_CONNECTED)
+        .filter(|(s, b)| *s == 400 && *b == not_connected())
         .count();
     assert_eq!((ok, not_connected), (1, 49), "{answers:?}");
     assert_eq!(orchestrator.calls_for("slow-5"), 1);

@@ -2,6 +2,7 @@
 //! orchestrator with fault modes, an echoing upstream, and a SQLite database file.
 #![allow(dead_code)]
 
+pub mod bodies;
 pub mod db;
 pub mod nextjs;
 pub mod orchestrator;
