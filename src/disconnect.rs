@@ -174,6 +174,14 @@ async fn disconnect(
 ) -> Result<Disconnected, Rejection> {
     let id = parse_id(segment)?;
 
+    // Checks 2-4 on a plain read first: most rejections (unknown id, not connected) need no
+    // lock and no transaction. Only a row that looks disconnectable takes the locks...
+    let started = Instant::now();
+    let read = deps.store.find(id).await;
+    metrics::observe_database("read", read.is_ok(), started.elapsed().as_secs_f64());
+    check(read.map_err(database_unavailable)?)?;
+
+    // ... and is then read again under them, since another request may have got there first.
     let queued = deps.locks.lock(id).await;
     let started = Instant::now();
     let read = async {
@@ -188,15 +196,7 @@ async fn disconnect(
         started.elapsed().as_secs_f64(),
     );
     let (locked, row) = read.map_err(database_unavailable)?;
-    let row = row.ok_or(Rejection::NotFound)?;
-
-    if row.status.as_deref() != Some("connected") {
-        return Err(Rejection::NotConnected { status: row.status });
-    }
-    let session_id = match row.session_id {
-        Some(s) if !s.trim().is_empty() => s,
-        _ => return Err(Rejection::NoSessionId),
-    };
+    let session_id = check(row)?;
 
     let finish = Finish {
         orchestrator: deps.orchestrator.clone(),
@@ -212,6 +212,18 @@ async fn disconnect(
         .run(finish.run())
         .await
         .unwrap_or(Err(Rejection::Internal))
+}
+
+/// Checks 2 to 4 on the row as read: its session_id when it can be disconnected.
+fn check(row: Option<Session>) -> Result<String, Rejection> {
+    let row = row.ok_or(Rejection::NotFound)?;
+    if row.status.as_deref() != Some("connected") {
+        return Err(Rejection::NotConnected { status: row.status });
+    }
+    match row.session_id {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(Rejection::NoSessionId),
+    }
 }
 
 /// Steps 5 to 7, owning everything they need, so they can run to the end on their own:

@@ -85,7 +85,7 @@ pub fn observe_orchestrator(result: &'static str, seconds: f64) {
 static DATABASE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "gateway_database_duration_seconds",
-        "Database work of the native route, by operation (lock_and_read, update, owed_write) and result",
+        "Database work of the native route, by operation (read, lock_and_read, update, owed_write) and result",
         &["operation", "result"],
         LATENCY_BUCKETS.to_vec()
     )

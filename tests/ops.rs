@@ -152,8 +152,12 @@ async fn metrics_count_requests_outcomes_latencies_and_upstream_errors() {
             1.0,
         ),
         (
-            r#"gateway_database_duration_seconds_count{operation="lock_and_read",result="ok"}"#,
+            r#"gateway_database_duration_seconds_count{operation="read",result="ok"}"#,
             2.0,
+        ),
+        (
+            r#"gateway_database_duration_seconds_count{operation="lock_and_read",result="ok"}"#,
+            1.0,
         ),
         (
             r#"gateway_database_duration_seconds_count{operation="update",result="ok"}"#,

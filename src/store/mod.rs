@@ -48,6 +48,9 @@ pub enum StoreError {
 /// Where the sessions live.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
+    /// Reads row `id` without any lock; `None` when there is no such row.
+    async fn find(&self, id: i64) -> Result<Option<Session>, StoreError>;
+
     /// Takes the disconnect lock of session `id`, held until the returned handle is dropped.
     /// It excludes every other holder of the same id that shares this database (in the
     /// PostgreSQL store, across gateway processes).

@@ -86,6 +86,13 @@ impl PostgresStore {
 
 #[async_trait]
 impl SessionStore for PostgresStore {
+    async fn find(&self, id: i64) -> Result<Option<Session>, StoreError> {
+        Ok(sqlx::query_as(&SELECT)
+            .bind(id)
+            .fetch_optional(self.pool().await)
+            .await?)
+    }
+
     async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
         let mut tx = self.pool().await.begin().await?;
         sqlx::query(LOCK).bind(id).execute(&mut *tx).await?;

@@ -76,6 +76,13 @@ impl SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
+    async fn find(&self, id: i64) -> Result<Option<Session>, StoreError> {
+        Ok(sqlx::query_as(&SELECT)
+            .bind(id)
+            .fetch_optional(self.pool().await)
+            .await?)
+    }
+
     async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
         Ok(Box::new(SqliteSession {
             pool: self.pool().await.clone(),
