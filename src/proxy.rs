@@ -157,15 +157,34 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         add_forwarded_headers(session, upstream_request)?;
+        // An HTTP/1.0 request may come without Host; it goes upstream as HTTP/1.1, which
+        // requires one: an empty Host, as RFC 9112 section 3.2 says for a target without
+        // an authority.
+        if !upstream_request.headers.contains_key(header::HOST) {
+            upstream_request.insert_header(header::HOST, "")?;
+        }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.clone())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if upstream_response.status != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(upstream_response);
+        }
+        // HTTP/1.0 clients cannot read chunked bodies: send the body as it comes and end it
+        // by closing the connection (RFC 9112 section 6.1).
+        if session.req_header().version == http::Version::HTTP_10
+            && upstream_response
+                .headers
+                .contains_key(header::TRANSFER_ENCODING)
+        {
+            upstream_response.remove_header(&header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.clone())
     }
 
@@ -399,6 +418,26 @@ async fn write_reply(
             .await?;
     }
     Ok(())
+}
+
+/// Removes the upstream hop's own fields from a response (RFC 9110 section 7.6.1): those
+/// its `Connection` names, `Keep-Alive`, `Proxy-Connection`, and `Connection` itself (Pingora
+/// writes the client hop's own).
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let named: Vec<http::HeaderName> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| http::HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        resp.remove_header(&name);
+    }
+    resp.remove_header(&header::CONNECTION);
+    resp.remove_header("keep-alive");
+    resp.remove_header("proxy-connection");
 }
 
 /// `X-Forwarded-For` gets the client address appended (nginx's `$proxy_add_x_forwarded_for`);

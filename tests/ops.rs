@@ -92,6 +92,20 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Scrapes until `series` reaches `want` (requests are counted in Pingora's logging phase,
+/// just after the answer leaves, so a scrape can run a moment ahead), bounded.
+async fn scrape_until(s: &Setup, gw: &Gateway, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, m) = s.get(gw.admin_url("/metrics")).await;
+        assert_eq!(status, 200);
+        if sample(&m, series) == want || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_outcomes_latencies_and_upstream_errors() {
     let s = Setup::new().await;
@@ -121,6 +135,13 @@ async fn metrics_count_requests_outcomes_latencies_and_upstream_errors() {
         405
     );
 
+    scrape_until(
+        &s,
+        &gw,
+        r#"gateway_requests_total{class="4xx",route="native"}"#,
+        3.0,
+    )
+    .await;
     let (status, headers, m) = s.get(gw.admin_url("/metrics")).await;
     assert_eq!(status, 200);
     assert!(headers["content-type"]
@@ -175,7 +196,13 @@ async fn metrics_count_requests_outcomes_latencies_and_upstream_errors() {
     opts.upstream = closed;
     let gw2 = Gateway::start(&opts).await;
     assert_eq!(s.get(gw2.url("/page")).await.0, 502);
-    let (_, _, m) = s.get(gw2.admin_url("/metrics")).await;
+    let m = scrape_until(
+        &s,
+        &gw2,
+        r#"gateway_requests_total{class="5xx",route="proxied"}"#,
+        1.0,
+    )
+    .await;
     assert_eq!(
         sample(&m, r#"gateway_upstream_errors_total{status="502"}"#),
         1.0,
