@@ -233,6 +233,16 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A client hanging up mid-answer is not the gateway's error: no ERROR line for it (the
+    /// access log still records the request).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+            )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         metrics::count_request(ctx.route, status);
