@@ -21,6 +21,10 @@ use whatsapp_gateway::proxy::{self, Gateway};
 use whatsapp_gateway::replay;
 use whatsapp_gateway::store::{Backend, PoolSettings, PostgresStore, SessionStore, SqliteStore};
 
+/// mimalloc instead of glibc's allocator: less CPU per proxied request (README, "Performance").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pingora gateway in front of a Next.js app: answers
 /// POST /api/whatsapp_sessions/{id}/disconnect natively and proxies everything else.
 #[derive(Parser, Debug)]
@@ -38,7 +42,27 @@ enum Command {
     Migrate,
 }
 
+/// mimalloc reads its options when the process starts, before `main`. Committing arena
+/// memory as it is used rather than up front halves idle RSS (~21 MiB to ~11 MiB, no CPU cost
+/// measured), so unless the operator chose otherwise, the process re-executes itself once
+/// with that option set (same pid, same arguments).
+fn lazy_arena_commit() {
+    const OPTION: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    if std::env::var_os(OPTION).is_none() {
+        if let Ok(exe) = std::env::current_exe() {
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env(OPTION, "0")
+                .exec();
+            // exec only returns on failure: carry on with the defaults.
+            eprintln!("whatsapp-gateway: could not re-execute with {OPTION}=0: {err}");
+        }
+    }
+}
+
 fn main() {
+    lazy_arena_commit();
     if let Err(e) = run() {
         eprintln!("whatsapp-gateway: {e:#}");
         std::process::exit(1);
