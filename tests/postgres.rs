@@ -287,6 +287,11 @@ async fn no_password_in_responses_or_logs() {
         let client = reqwest::Client::new();
         let (status, body) = post(&client, &gw, 1).await;
         assert_eq!((status, body.as_str()), (503, DB_DOWN));
+        // Log lines are written by a writer thread: wait for this one (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gw.logs().contains("database unavailable") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let logs = gw.logs();
         assert!(logs.contains("database unavailable"), "{logs}");
         assert!(!logs.contains(secret), "{logs}");
