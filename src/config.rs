@@ -276,18 +276,6 @@ impl Config {
     }
 }
 
-/// Environment variables the gateway reads, in the order they are applied.
-pub const ENV_VARS: &[&str] = &[
-    "GATEWAY_LISTEN",
-    "GATEWAY_UPSTREAM",
-    "GATEWAY_THREADS",
-    "DATABASE_URL",
-    "WHATSAPP_ORCHESTRATOR_URL",
-    "ORCHESTRATOR_TIMEOUT_MS",
-    "GATEWAY_JOURNAL_PATH",
-    "GATEWAY_ADMIN_LISTEN",
-];
-
 /// Loads `path` (or the built-in defaults when `None`), applies the environment, validates.
 pub fn load(
     path: Option<&str>,

@@ -434,13 +434,17 @@ async fn write_reply(
 /// its `Connection` names, `Keep-Alive`, `Proxy-Connection`, and `Connection` itself (Pingora
 /// writes the client hop's own).
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    // `keep-alive` and `close`, the usual tokens, name no field: only other tokens are
+    // collected (so the common `Connection: keep-alive` allocates nothing here).
     let named: Vec<http::HeaderName> = resp
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| http::HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|token| http::HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         resp.remove_header(&name);
