@@ -33,12 +33,8 @@ impl Harness {
         let upstream = EchoUpstream::start().await;
         let db = TestDb::new(backend, None).await;
         let mut opts = GatewayOptions {
-            upstream: upstream.addr,
-            orchestrator_url: orchestrator.url(),
             orchestrator_timeout_ms: TIMEOUT_MS,
-            database_url: db.url.clone(),
-            extra_yaml: String::new(),
-            env: vec![],
+            ..GatewayOptions::new(upstream.addr, orchestrator.url(), &db.url)
         };
         tweak(&mut opts);
         let gateway = Gateway::start(&opts).await;
@@ -140,6 +136,7 @@ on_both_stores!(
     a_session_that_is_not_connected_is_400_with_its_status,
     missing_session_id_is_400,
     orchestrator_refusing_connections_is_502,
+    orchestrator_host_that_does_not_resolve_is_502,
     orchestrator_timeout_is_502_naming_the_configured_timeout,
     orchestrator_resetting_the_connection_is_502,
     orchestrator_answers_that_are_not_a_json_object_are_502,
@@ -381,6 +378,19 @@ async fn orchestrator_refusing_connections_is_502(backend: Backend) {
     let closed = free_port();
     let h = Harness::start_with(backend, |o| {
         o.orchestrator_url = format!("http://127.0.0.1:{closed}")
+    })
+    .await;
+    h.seed(1, Some("ok-1"), "connected").await;
+    h.disconnect("1")
+        .await
+        .assert(502, &bad_gateway("Error de conexión al orquestador"));
+    assert_eq!(h.status_of(1).await, "connected");
+}
+
+async fn orchestrator_host_that_does_not_resolve_is_502(backend: Backend) {
+    // `.invalid` never resolves (RFC 6761): a DNS failure, answered as a connection error.
+    let h = Harness::start_with(backend, |o| {
+        o.orchestrator_url = "http://orchestrator.invalid:3000".into()
     })
     .await;
     h.seed(1, Some("ok-1"), "connected").await;
