@@ -16,12 +16,8 @@ use support::bodies::WARNING;
 
 fn options(db: &TestDb, upstream: std::net::SocketAddr, orch: &FakeOrchestrator) -> GatewayOptions {
     GatewayOptions {
-        upstream,
-        orchestrator_url: orch.url(),
         orchestrator_timeout_ms: 1000,
-        database_url: db.url.clone(),
-        extra_yaml: String::new(),
-        env: vec![],
+        ..GatewayOptions::new(upstream, orch.url(), &db.url)
     }
 }
 

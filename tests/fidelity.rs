@@ -46,15 +46,7 @@ struct Harness {
 async fn gateway_to(upstream: SocketAddr) -> Harness {
     let orchestrator = FakeOrchestrator::start().await;
     let db = TestDb::new(Backend::Sqlite, None).await;
-    let gw = Gateway::start(&GatewayOptions {
-        upstream,
-        orchestrator_url: orchestrator.url(),
-        orchestrator_timeout_ms: 2000,
-        database_url: db.url.clone(),
-        extra_yaml: String::new(),
-        env: vec![],
-    })
-    .await;
+    let gw = Gateway::start(&GatewayOptions::new(upstream, orchestrator.url(), &db.url)).await;
     Harness {
         gw,
         _orchestrator: orchestrator,

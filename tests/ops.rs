@@ -38,12 +38,8 @@ impl Setup {
 
     fn options(&self, extra_yaml: &str) -> GatewayOptions {
         GatewayOptions {
-            upstream: self.upstream.addr,
-            orchestrator_url: self.orch.url(),
-            orchestrator_timeout_ms: 2000,
-            database_url: self.db.url.clone(),
             extra_yaml: extra_yaml.to_owned(),
-            env: vec![],
+            ..GatewayOptions::new(self.upstream.addr, self.orch.url(), &self.db.url)
         }
     }
 

@@ -16,15 +16,7 @@ async fn start(
     orchestrator: &FakeOrchestrator,
     db: &TestDb,
 ) -> Gateway {
-    Gateway::start(&GatewayOptions {
-        upstream,
-        orchestrator_url: orchestrator.url(),
-        orchestrator_timeout_ms: 2000,
-        database_url: db.url.clone(),
-        extra_yaml: String::new(),
-        env: vec![],
-    })
-    .await
+    Gateway::start(&GatewayOptions::new(upstream, orchestrator.url(), &db.url)).await
 }
 
 /// Sends raw bytes, reads until the server closes (the request says `Connection: close`).
@@ -208,12 +200,9 @@ async fn several_upstreams_round_robin_fail_over_and_come_back() {
     let _a = NamedUpstream::start(a_addr, "A").await;
     let b = NamedUpstream::start(b_addr, "B").await;
     let gw = Gateway::start(&GatewayOptions {
-        upstream: a_addr,
-        orchestrator_url: orchestrator.url(),
-        orchestrator_timeout_ms: 2000,
-        database_url: db.url.clone(),
         extra_yaml: "gateway:\n  health_check:\n    interval_ms: 200\n".into(),
         env: vec![("GATEWAY_UPSTREAM".into(), format!("{a_addr},{b_addr}"))],
+        ..GatewayOptions::new(a_addr, orchestrator.url(), &db.url)
     })
     .await;
     let client = reqwest::Client::new();

@@ -20,14 +20,7 @@ fn options(
     upstream: &EchoUpstream,
     orchestrator: &FakeOrchestrator,
 ) -> GatewayOptions {
-    GatewayOptions {
-        upstream: upstream.addr,
-        orchestrator_url: orchestrator.url(),
-        orchestrator_timeout_ms: 2000,
-        database_url: db_url.to_owned(),
-        extra_yaml: String::new(),
-        env: vec![],
-    }
+    GatewayOptions::new(upstream.addr, orchestrator.url(), db_url)
 }
 
 async fn post(client: &reqwest::Client, gw: &Gateway, id: i64) -> (u16, String) {

@@ -58,6 +58,21 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl GatewayOptions {
+    /// The usual test gateway: this upstream, orchestrator and database, a 2 s orchestrator
+    /// timeout, nothing extra. Tests change what they need with `..GatewayOptions::new(..)`.
+    pub fn new(upstream: SocketAddr, orchestrator_url: String, database_url: &str) -> Self {
+        GatewayOptions {
+            upstream,
+            orchestrator_url,
+            orchestrator_timeout_ms: 2000,
+            database_url: database_url.to_owned(),
+            extra_yaml: String::new(),
+            env: vec![],
+        }
+    }
+}
+
 /// A running gateway process; killed on drop.
 pub struct Gateway {
     pub addr: SocketAddr,
