@@ -47,6 +47,10 @@ pub struct GatewayConfig {
     pub admin_listen: String,
     /// One access-log line per request (target `access`), as nginx does by default.
     pub access_log: bool,
+    /// Plain GET/HEAD pass-through requests are relayed by the gateway's own HTTP/1.1 loop
+    /// (src/fastpath.rs) instead of Pingora's general proxy; `false` sends every request
+    /// through Pingora. Used with one upstream only. Env: `GATEWAY_FAST_PATH`.
+    pub fast_path: bool,
     pub log_format: LogFormat,
     pub routes: RoutesConfig,
     pub auth: AuthConfig,
@@ -223,6 +227,7 @@ impl Default for GatewayConfig {
             journal: JournalConfig::default(),
             admin_listen: "127.0.0.1:9090".into(),
             access_log: true,
+            fast_path: true,
             log_format: LogFormat::Plain,
             routes: RoutesConfig::default(),
             auth: AuthConfig::default(),
@@ -404,6 +409,18 @@ fn apply_env(
     }
     if let Some(v) = env("GATEWAY_ADMIN_LISTEN") {
         gateway.admin_listen = v;
+    }
+    if let Some(v) = env("GATEWAY_FAST_PATH") {
+        gateway.fast_path = match v.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(invalid(
+                    "GATEWAY_FAST_PATH",
+                    format!("expected true or false, got {v:?}"),
+                ))
+            }
+        };
     }
     validate(gateway.clone(), server)
 }

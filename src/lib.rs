@@ -8,6 +8,8 @@ pub mod auth;
 pub mod config;
 pub mod disconnect;
 pub mod durable;
+pub mod fastpath;
+pub mod h1;
 pub mod journal;
 pub mod locks;
 pub mod metrics;

@@ -15,6 +15,7 @@ use whatsapp_gateway::auth::ForwardAuth;
 use whatsapp_gateway::config::{self, AuthMode, Config, LogFormat, RouteMode};
 use whatsapp_gateway::disconnect::Deps;
 use whatsapp_gateway::durable::Durable;
+use whatsapp_gateway::fastpath::{FastPath, Pool};
 use whatsapp_gateway::journal::Journal;
 use whatsapp_gateway::orchestrator::HttpOrchestrator;
 use whatsapp_gateway::proxy::{self, Gateway};
@@ -191,26 +192,52 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
         }
     };
     let grace = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
+    let request_ids = Arc::new(proxy::RequestIds::default());
+    // The fast path relays to one address; with several, every request goes through
+    // Pingora's load balancer.
+    let fast_upstream = match (&upstreams, config.gateway.fast_path) {
+        (proxy::Upstreams::One(_), true) => config.upstreams.first().copied(),
+        _ => None,
+    };
+    let native_disconnect = config.gateway.routes.disconnect == RouteMode::Native;
     let app = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway {
             upstreams,
             deps,
-            native_disconnect: config.gateway.routes.disconnect == RouteMode::Native,
+            native_disconnect,
             auth,
             access_log: config.gateway.access_log,
-            request_ids: Default::default(),
+            request_ids: request_ids.clone(),
         },
     );
-    let mut proxy = pingora::services::listening::Service::new(
-        "proxy".to_owned(),
-        proxy::GracefulClose {
-            inner: Arc::new(app),
-            grace,
-        },
-    );
-    proxy.add_tcp(&config.listen.to_string());
-    server.add_service(proxy);
+    let pingora_app = proxy::GracefulClose {
+        inner: Arc::new(app),
+        grace,
+    };
+    let listen = config.listen.to_string();
+    match fast_upstream {
+        Some(upstream) => {
+            let fast = FastPath {
+                inner: Arc::new(pingora_app),
+                upstream,
+                timeouts: config.gateway.upstream_timeouts.clone(),
+                native_disconnect,
+                access_log: config.gateway.access_log,
+                request_ids,
+                pool: Pool::new(server.configuration.upstream_keepalive_pool_size),
+            };
+            let mut proxy = pingora::services::listening::Service::new("proxy".to_owned(), fast);
+            proxy.add_tcp(&listen);
+            server.add_service(proxy);
+        }
+        None => {
+            let mut proxy =
+                pingora::services::listening::Service::new("proxy".to_owned(), pingora_app);
+            proxy.add_tcp(&listen);
+            server.add_service(proxy);
+        }
+    }
     let mut admin = pingora::services::listening::Service::new(
         "admin".to_owned(),
         Admin {
@@ -236,6 +263,7 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
         upstreams = ?config.upstreams,
         disconnect_route = ?config.gateway.routes.disconnect,
         auth = ?config.gateway.auth.mode,
+        fast_path = fast_upstream.is_some(),
         threads = server.configuration.threads,
         "whatsapp-gateway starting"
     );

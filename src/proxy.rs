@@ -37,7 +37,7 @@ pub struct Gateway {
     pub native_disconnect: bool,
     pub auth: Option<ForwardAuth>,
     pub access_log: bool,
-    pub request_ids: RequestIds,
+    pub request_ids: Arc<RequestIds>,
 }
 
 /// Per-request state.
@@ -210,15 +210,14 @@ impl ProxyHttp for Gateway {
             metrics::count_upstream_error(code);
         }
         if code > 0 {
-            let body = match code {
-                502 => "502 Bad Gateway: the upstream app did not answer\n",
-                504 => "504 Gateway Timeout: the upstream app took too long\n",
-                400 => "400 Bad Request\n",
-                _ => "Gateway error\n",
+            let body = error_body(code);
+            let mut header = match ResponseHeader::build(code, Some(4)) {
+                Ok(h) => h,
+                Err(_) => ResponseHeader::build(500, Some(4)).expect("500 is a status"),
             };
-            let mut header = pingora::protocols::http::ServerSession::generate_error(code);
             let _ = header.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
             let _ = header.set_content_length(body.len());
+            let _ = header.insert_header(header::CACHE_CONTROL, "private, no-store");
             let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.clone());
             if let Err(write_error) = session
                 .write_error_response(header, Bytes::from_static(body.as_bytes()))
@@ -298,6 +297,16 @@ impl Gateway {
     }
 }
 
+/// The body of the gateway's own answer to an upstream failure (both paths).
+pub fn error_body(code: u16) -> &'static str {
+    match code {
+        502 => "502 Bad Gateway: the upstream app did not answer\n",
+        504 => "504 Gateway Timeout: the upstream app took too long\n",
+        400 => "400 Bad Request\n",
+        _ => "Gateway error\n",
+    }
+}
+
 /// Request ids: an incoming `X-Request-Id` is kept (if it is short, visible ASCII);
 /// otherwise one is made from a random per-process prefix and a counter, unique across
 /// replicas without a random draw per request.
@@ -326,14 +335,21 @@ impl Default for RequestIds {
 impl RequestIds {
     pub fn of(&self, req: &RequestHeader) -> HeaderValue {
         if let Some(v) = req.headers.get(X_REQUEST_ID) {
-            let b = v.as_bytes();
-            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            if crate::h1::usable_request_id(v.as_bytes()) {
                 return v.clone();
             }
         }
+        let mut id = Vec::with_capacity(40);
+        self.write_next(&mut id);
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+    }
+
+    /// Appends a new id (`<prefix>-<counter in hex>`) to `out`.
+    pub fn write_next(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
-            .unwrap_or(HeaderValue::from_static("-"))
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{}-{n:x}", self.prefix);
     }
 }
 
