@@ -451,7 +451,7 @@ async fn both_paths_send_the_same_heads() {
     let request = "GET /len?q=1 HTTP/1.1\r\nHost: app.test:8080\r\nUser-Agent: t/1\r\n\
                    X-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\n\
                    X-Forwarded-Host: spoofed\r\nX-Forwarded-Proto: https\r\n\
-                   X-Request-Id: req-42\r\nAccept: */*\r\nCookie: a=1\r\n\r\n";
+                   X-Request-Id: req-42\r\nAccept: */*\r\nCookie: a=1\r\nConnection: keep-alive\r\n\r\n";
     let mut seen = Vec::new();
     for fast_path in [true, false] {
         let up = upstream().await;
@@ -476,4 +476,59 @@ async fn both_paths_send_the_same_heads() {
     assert!(seen[0]
         .1
         .contains(&"x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_request_heads_are_served_by_either_path() {
+    let up = upstream().await;
+    let db = TestDb::new(Backend::Sqlite, None).await;
+    let gw = gateway(up.addr, &db, true).await;
+    let mut client = Client::connect(gw.addr).await;
+    // 10 KB of cookies: still the fast path's; 40 KB: past its 16 KiB limit, Pingora's.
+    for size in [10_000, 40_000] {
+        let cookie = "c".repeat(size);
+        client
+            .send(&format!(
+                "GET /long HTTP/1.1\r\nHost: app.test\r\nCookie: {cookie}\r\n\r\n"
+            ))
+            .await;
+        let answer = client.answer(false).await;
+        assert_eq!(
+            (answer.status(), &answer.body[..]),
+            ("200", &b"/long:0"[..]),
+            "{size}"
+        );
+    }
+    let seen = up.seen.lock().unwrap();
+    assert_eq!(seen.requests.len(), 2);
+    assert!(seen.requests[1].contains(&"c".repeat(40_000)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_the_next_answer_closes_the_connection() {
+    let up = upstream().await;
+    let db = TestDb::new(Backend::Sqlite, None).await;
+    let mut opts = GatewayOptions::new(up.addr, "http://127.0.0.1:9".into(), &db.url);
+    opts.extra_yaml = "grace_period_seconds: 3\ngraceful_shutdown_timeout_seconds: 1\n".into();
+    let mut gw = Gateway::start(&opts).await;
+    let mut client = Client::connect(gw.addr).await;
+    client.send(&get("/len")).await;
+    assert_eq!(
+        client.answer(false).await.header("connection"),
+        Some("keep-alive")
+    );
+
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.send(&get("/len")).await;
+    let last = client.answer(false).await;
+    assert_eq!(
+        (last.status(), last.header("connection")),
+        ("200", Some("close"))
+    );
+    assert!(client.rest().await.is_empty(), "closed after the answer");
+    assert!(
+        gw.wait_exit(Duration::from_secs(15)).await.is_some(),
+        "the gateway exits"
+    );
 }

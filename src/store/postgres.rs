@@ -37,10 +37,14 @@ static MARK_DISCONNECTED: LazyLock<String> = LazyLock::new(|| {
 const APPLY_OWED: &str =
     "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
     WHERE id = $1 AND status::text = 'connected' AND session_id::text = $2";
-/// One 64-bit advisory key per session id, in a namespace of its own so it does not collide
-/// with advisory locks the legacy app may take on bare ids.
-const LOCK: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/' || $1::text, 0))";
+/// `BEGIN` and the lock in one round trip (one simple query). One 64-bit advisory key per
+/// session id, in a namespace of its own so it does not collide with advisory locks the
+/// legacy app may take on bare ids. `id` is an integer, so formatting it in is safe.
+fn begin_and_lock(id: i64) -> String {
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0))"
+    )
+}
 
 pub struct PostgresStore {
     options: PgConnectOptions,
@@ -94,8 +98,7 @@ impl SessionStore for PostgresStore {
     }
 
     async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
-        let mut tx = self.pool().await.begin().await?;
-        sqlx::query(LOCK).bind(id).execute(&mut *tx).await?;
+        let tx = self.pool().await.begin_with(begin_and_lock(id)).await?;
         Ok(Box::new(PostgresSession { tx: Some(tx), id }))
     }
 
