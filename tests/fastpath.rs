@@ -255,15 +255,21 @@ async fn gateway(upstream: SocketAddr, db: &TestDb, fast_path: bool) -> Gateway 
     Gateway::start(&opts).await
 }
 
+/// A scripted upstream, a database and a gateway with the fast path on.
+async fn fast_gateway() -> (Upstream, TestDb, Gateway) {
+    let up = upstream().await;
+    let db = TestDb::new(Backend::Sqlite, None).await;
+    let gw = gateway(up.addr, &db, true).await;
+    (up, db, gw)
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_moves_from_the_fast_path_to_pingora() {
-    let up = upstream().await;
-    let db = TestDb::new(Backend::Sqlite, None).await;
-    let gw = gateway(up.addr, &db, true).await;
+    let (up, _db, gw) = fast_gateway().await;
     let mut client = Client::connect(gw.addr).await;
 
     client.send(&get("/len")).await;
@@ -315,9 +321,7 @@ async fn a_keep_alive_connection_moves_from_the_fast_path_to_pingora() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_body_framing_is_relayed_as_the_upstream_sent_it() {
-    let up = upstream().await;
-    let db = TestDb::new(Backend::Sqlite, None).await;
-    let gw = gateway(up.addr, &db, true).await;
+    let (_up, _db, gw) = fast_gateway().await;
     let mut client = Client::connect(gw.addr).await;
 
     client.send(&get("/chunked")).await;
@@ -369,9 +373,7 @@ async fn every_body_framing_is_relayed_as_the_upstream_sent_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_closed_after_an_answer_are_replaced() {
-    let up = upstream().await;
-    let db = TestDb::new(Backend::Sqlite, None).await;
-    let gw = gateway(up.addr, &db, true).await;
+    let (up, _db, gw) = fast_gateway().await;
     let mut client = Client::connect(gw.addr).await;
     for i in 0..6 {
         if i % 2 == 1 {
@@ -398,9 +400,7 @@ async fn upstream_connections_closed_after_an_answer_are_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_answers_are_502_or_cut_off() {
-    let up = upstream().await;
-    let db = TestDb::new(Backend::Sqlite, None).await;
-    let gw = gateway(up.addr, &db, true).await;
+    let (_up, db, gw) = fast_gateway().await;
 
     let mut client = Client::connect(gw.addr).await;
     client.send(&get("/garbage")).await;
@@ -480,9 +480,7 @@ async fn both_paths_send_the_same_heads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_request_heads_are_served_by_either_path() {
-    let up = upstream().await;
-    let db = TestDb::new(Backend::Sqlite, None).await;
-    let gw = gateway(up.addr, &db, true).await;
+    let (up, _db, gw) = fast_gateway().await;
     let mut client = Client::connect(gw.addr).await;
     // 10 KB of cookies: still the fast path's; 40 KB: past its 16 KiB limit, Pingora's.
     for size in [10_000, 40_000] {

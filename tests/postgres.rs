@@ -207,6 +207,43 @@ async fn fifty_concurrent_disconnects_through_two_gateways_make_one_orchestrator
     assert_eq!(db.pool.status_of(5).await, "disconnected");
 }
 
+/// Every way a disconnect ends without its COMMIT (orchestrator refused, unreachable, answered
+/// garbage) releases the session's lock: afterwards the same row disconnects at once, through
+/// the same gateway and through another one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_that_ends_without_commit_releases_the_lock() {
+    let (upstream, orchestrator) = (EchoUpstream::start().await, FakeOrchestrator::start().await);
+    let db = TestDb::postgres_on(&support::db::shared_postgres_url(), None).await;
+    let opts = options(&db.url, &upstream, &orchestrator);
+    let (first, second) = (Gateway::start(&opts).await, Gateway::start(&opts).await);
+    let client = reqwest::Client::new();
+    // More failed attempts than the pool has connections (10), so a connection given back
+    // still holding a lock would be reused and block the next step.
+    let set_sid =
+        |sid: &str| format!("UPDATE whatsapp_sessions SET session_id = '{sid}' WHERE id = 7");
+    db.pool.seed(7, None, "connected").await;
+    let failing = ["json500err-7", "reset-7", "text200-7"];
+    for (n, sid) in failing.iter().cycle().take(12).enumerate() {
+        db.pool.exec(&set_sid(sid)).await;
+        let (status, body) = post(&client, &first, 7).await;
+        assert!(
+            status == 500 || status == 502,
+            "attempt {n}: {status} {body}"
+        );
+    }
+    db.pool.exec(&set_sid("ok-7")).await;
+    let started = Instant::now();
+    let (status, body) = post(&client, &second, 7).await;
+    assert_eq!(status, 200, "{body}");
+    db.pool.seed(8, Some("ok-8"), "connected").await;
+    assert_eq!(post(&client, &first, 8).await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 // ---- database trouble is not a crash ----
 
 /// Retries `post` (bounded) until it answers `want`.
