@@ -10,17 +10,11 @@
 //! (the legacy app may keep writing `last_seen` meanwhile) and without inventing a status
 //! value the legacy app does not know. It is released by COMMIT, by ROLLBACK when the handle
 //! is dropped, or by the server when the connection dies.
-//!
-//! A disconnect costs three round trips: the unlocked read (which alone answers 404 and 400),
-//! then `BEGIN` + lock + read as one simple query (each statement takes a fresh snapshot, so
-//! the read sees what the previous holder of the lock committed), then `UPDATE … RETURNING` +
-//! `COMMIT` as one. Those two carry the id formatted in (an `i64`: nothing to escape).
 
 use super::{LockedSession, PoolSettings, Session, SessionStore, StoreError};
 use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, FromRow, Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use tokio::sync::OnceCell;
@@ -34,35 +28,22 @@ const CAST_COLUMNS: &str = "id::int8 AS id, session_id::text AS session_id, \
 
 static SELECT: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {CAST_COLUMNS} FROM whatsapp_sessions WHERE id = $1"));
+static MARK_DISCONNECTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
+         WHERE id = $1 RETURNING {CAST_COLUMNS}"
+    )
+});
 const APPLY_OWED: &str =
     "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
     WHERE id = $1 AND status::text = 'connected' AND session_id::text = $2";
-/// One 64-bit advisory key per session id, in a namespace of its own so it does not collide
-/// with advisory locks the legacy app may take on bare ids.
-fn lock_and_read(id: i64) -> String {
+/// `BEGIN` and the lock in one round trip (one simple query). One 64-bit advisory key per
+/// session id, in a namespace of its own so it does not collide with advisory locks the
+/// legacy app may take on bare ids. `id` is an integer, so formatting it in is safe.
+fn begin_and_lock(id: i64) -> String {
     format!(
-        "BEGIN; \
-         SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0)); \
-         SELECT {CAST_COLUMNS} FROM whatsapp_sessions WHERE id = {id}"
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0))"
     )
-}
-
-/// The update and the COMMIT that releases the lock.
-fn mark_and_commit(id: i64) -> String {
-    format!(
-        "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
-         WHERE id = {id} RETURNING {CAST_COLUMNS}; COMMIT"
-    )
-}
-
-/// The session row among the results of a simple query (the other statements return rows of
-/// one column or none).
-fn session_row(rows: &[PgRow]) -> Result<Option<Session>, StoreError> {
-    Ok(rows
-        .iter()
-        .find(|r| r.len() > 1)
-        .map(Session::from_row)
-        .transpose()?)
 }
 
 pub struct PostgresStore {
@@ -117,15 +98,8 @@ impl SessionStore for PostgresStore {
     }
 
     async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
-        let mut session = PostgresSession {
-            conn: Some(self.pool().await.acquire().await?),
-            id,
-            row: None,
-        };
-        let sql = lock_and_read(id);
-        let rows = session.conn()?.fetch_all(sql.as_str()).await?;
-        session.row = Some(session_row(&rows)?);
-        Ok(Box::new(session))
+        let tx = self.pool().await.begin_with(begin_and_lock(id)).await?;
+        Ok(Box::new(PostgresSession { tx: Some(tx), id }))
     }
 
     async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError> {
@@ -144,16 +118,14 @@ impl SessionStore for PostgresStore {
 }
 
 struct PostgresSession {
-    /// The connection with the transaction open; `None` once committed.
-    conn: Option<PoolConnection<Postgres>>,
+    /// `None` once committed.
+    tx: Option<Transaction<'static, Postgres>>,
     id: i64,
-    /// The row `lock` read under the lock, until `fetch` hands it out.
-    row: Option<Option<Session>>,
 }
 
 impl PostgresSession {
-    fn conn(&mut self) -> Result<&mut PoolConnection<Postgres>, StoreError> {
-        self.conn
+    fn tx(&mut self) -> Result<&mut Transaction<'static, Postgres>, StoreError> {
+        self.tx
             .as_mut()
             .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
     }
@@ -162,44 +134,23 @@ impl PostgresSession {
 #[async_trait]
 impl LockedSession for PostgresSession {
     async fn fetch(&mut self) -> Result<Option<Session>, StoreError> {
-        if let Some(row) = self.row.take() {
-            return Ok(row);
-        }
         let id = self.id;
+        let tx = self.tx()?;
         Ok(sqlx::query_as(&SELECT)
             .bind(id)
-            .fetch_optional(&mut **self.conn()?)
+            .fetch_optional(&mut **tx)
             .await?)
     }
 
     async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError> {
         let id = self.id;
-        let sql = mark_and_commit(id);
-        let rows = self.conn()?.fetch_all(sql.as_str()).await?;
-        // Committed: the connection goes back to the pool as it is.
-        self.conn = None;
-        session_row(&rows)
-    }
-}
-
-/// A handle dropped before its COMMIT (the row changed, the orchestrator refused, an error):
-/// the transaction is rolled back, releasing the lock, before the connection goes back to the
-/// pool; if that fails, or there is no runtime to do it on, the connection is closed instead
-/// (the server then rolls back).
-impl Drop for PostgresSession {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if conn.execute("ROLLBACK").await.is_err() {
-                        conn.close_on_drop();
-                    }
-                });
-            }
-            Err(_) => drop(conn.detach()),
+        let row = sqlx::query_as(&MARK_DISCONNECTED)
+            .bind(id)
+            .fetch_optional(&mut **self.tx()?)
+            .await?;
+        if let Some(tx) = self.tx.take() {
+            tx.commit().await?;
         }
+        Ok(row)
     }
 }
