@@ -32,7 +32,8 @@ const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// The upstream read buffer (a 64 KiB body in one or two reads); an answer head may grow it
 /// to [`MAX_RESPONSE_HEAD`].
 const BUF: usize = 64 * 1024;
-const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Pingora's own limit for a head.
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 /// A first body piece up to this size is copied behind the answer head (one plain write);
 /// a larger one is sent with the head in one vectored write, without the copy.
 const SMALL_BODY: usize = 4096;

@@ -12,8 +12,10 @@
 use crate::routes::{self, Route};
 use std::net::IpAddr;
 
-/// Header fields per head; more goes to Pingora (which allows more).
+/// Header fields per request head; more goes to Pingora (which allows more).
 pub const MAX_HEADERS: usize = 64;
+/// Header fields per answer head: Pingora's own limit (more is a 502 on both paths).
+pub const MAX_RESPONSE_HEADERS: usize = 256;
 /// A request head longer than this goes to Pingora.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
@@ -238,7 +240,7 @@ pub fn response(
     date: impl FnOnce(&mut Vec<u8>),
     out: &mut Vec<u8>,
 ) -> ResponseHead {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -695,6 +697,20 @@ mod tests {
             true,
         );
         assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn answers_with_many_fields_pass() {
+        let cookies: String = (0..200)
+            .map(|i| format!("Set-Cookie: c{i}=1\r\n"))
+            .collect();
+        let (r, out) = answer(
+            &format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{cookies}\r\n"),
+            false,
+            false,
+        );
+        assert!(matches!(r, ResponseHead::Ready(_)), "{r:?}");
+        assert_eq!(out.matches("Set-Cookie").count(), 200);
     }
 
     #[test]
