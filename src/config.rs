@@ -642,6 +642,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GATEWAY_THREADS"), "{err}");
+        let err = parse("", |k| (k == "GATEWAY_FAST_PATH").then(|| "yes".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GATEWAY_FAST_PATH"), "{err}");
+        let off = parse("", |k| (k == "GATEWAY_FAST_PATH").then(|| "false".into())).unwrap();
+        assert!(!off.gateway.fast_path);
+        assert!(parse("", no_env).unwrap().gateway.fast_path);
+        let err = parse("gateway:\n  fast_path: sometimes\n", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fast_path"), "{err}");
     }
 
     #[test]
