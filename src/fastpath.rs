@@ -29,9 +29,11 @@ use tokio::net::TcpStream;
 
 /// How long a client connection may sit idle between requests (Pingora's own keep-alive).
 const CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// The upstream read buffer (a 64 KiB body in one or two reads); an answer head may grow it
-/// to [`MAX_RESPONSE_HEAD`].
-const BUF: usize = 64 * 1024;
+/// The upstream read buffer starts at [`BUF`] and grows to [`BODY_BUF`] the first time a body
+/// fills it (then a 64 KiB body takes one or two reads); an answer head may grow it up to
+/// [`MAX_RESPONSE_HEAD`].
+const BUF: usize = 16 * 1024;
+const BODY_BUF: usize = 64 * 1024;
 /// Pingora's own limit for a head.
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 /// A first body piece up to this size is copied behind the answer head (one plain write);
@@ -417,6 +419,9 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
             }
             if done {
                 return Ok(relay);
+            }
+            if end == conn.buf.len() && conn.buf.len() < BODY_BUF {
+                conn.buf.resize(BODY_BUF, 0);
             }
             start = 0;
             end = match self.read_upstream(upstream, &mut conn.buf).await {
