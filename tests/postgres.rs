@@ -295,6 +295,14 @@ async fn database_down_at_start_and_mid_run_is_503_until_it_is_back() {
     let (status, body) = eventually(&client, &gw, 2, 200).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(orchestrator.calls().len(), 2);
+
+    // Restarted while the gateway was idle: its pooled connections are dead, and the first
+    // request after the restart is still answered (idle connections are checked before use).
+    cluster.stop();
+    cluster.start();
+    cluster.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(post(&client, &gw, 1).await, (400, not_connected()));
     let mut gw = gw;
     assert!(gw.child_alive());
 }

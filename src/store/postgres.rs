@@ -14,7 +14,7 @@
 use super::{LockedSession, PoolSettings, Session, SessionStore, StoreError};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection, Postgres, Transaction};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use tokio::sync::OnceCell;
@@ -45,6 +45,9 @@ fn begin_and_lock(id: i64) -> String {
         "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0))"
     )
 }
+
+/// See [`PostgresStore::pool`].
+const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PostgresStore {
     options: PgConnectOptions,
@@ -82,6 +85,19 @@ impl PostgresStore {
                 PgPoolOptions::new()
                     .max_connections(self.settings.max_connections)
                     .acquire_timeout(self.settings.acquire_timeout)
+                    // sqlx pings every connection it hands out: a round trip (and PostgreSQL
+                    // CPU) per query. Only connections that sat idle get it here: under load
+                    // none do, and one that idled across a database restart is replaced
+                    // before a request uses it.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy_with(self.options.clone())
             })
             .await

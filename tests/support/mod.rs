@@ -89,7 +89,10 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut gateway = Gateway::spawn(dir, addr, admin, opts, "gateway", &[]);
+        // Pingora binds each service's listener in that service's own thread: the admin one
+        // may come a moment after the proxy's.
         wait_for_port(addr, &mut gateway.child, &gateway.log).await;
+        wait_for_port(admin, &mut gateway.child, &gateway.log).await;
         gateway
     }
 
