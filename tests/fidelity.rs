@@ -386,6 +386,38 @@ impl Seen {
     }
 }
 
+/// A raw upstream that records every request and answers each with `answer(&head)`: the bytes
+/// to send and whether to close the connection after them. Keep-alive, at most 1000 requests
+/// per connection.
+async fn scripted_upstream<A>(answer: A) -> (RawUpstream, Seen)
+where
+    A: Fn(&Head) -> (Vec<u8>, bool) + Send + Sync + 'static,
+{
+    let seen = Seen::default();
+    let record = seen.clone();
+    let answer = Arc::new(answer);
+    let upstream = RawUpstream::start(move |mut wire: Wire| {
+        let (record, answer) = (record.clone(), answer.clone());
+        async move {
+            for _ in 0..1000 {
+                let Ok(Some(head)) = wire.head().await else {
+                    return;
+                };
+                let Ok(body) = wire.request_body(&head).await else {
+                    return;
+                };
+                record.push(&head, &body);
+                let (bytes, close) = answer(&head);
+                if wire.send(&bytes).await.is_err() || close {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. A 50 MiB chunked upload, streamed, with the gateway's RSS watched
 // ---------------------------------------------------------------------------------------------
@@ -1369,67 +1401,54 @@ fn fake_gzip() -> Vec<u8> {
 /// A raw upstream that answers compressed bodies, keep-alive:
 /// `/gz` and `/br` with Content-Length, `/gz-chunked` chunked (200 KiB, in 7 chunks).
 async fn compressed_upstream() -> (RawUpstream, Seen) {
-    let seen = Seen::default();
-    let record = seen.clone();
-    let upstream = RawUpstream::start(move |mut wire: Wire| {
-        let record = record.clone();
-        async move {
-            for _ in 0..100 {
-                let Ok(Some(head)) = wire.head().await else {
-                    return;
-                };
-                let Ok(body) = wire.request_body(&head).await else {
-                    return;
-                };
-                record.push(&head, &body);
-                let is_head = head.start().starts_with("HEAD ");
-                let path = head.start().split(' ').nth(1).unwrap_or_default().to_owned();
-                let mut out = Vec::new();
-                match path.as_str() {
-                    "/gz" | "/br" => {
-                        let (encoding, bytes) = if path == "/gz" {
-                            ("gzip", &GZIP_BODY[..])
-                        } else {
-                            ("br", &BROTLI_BODY[..])
-                        };
-                        out.extend_from_slice(
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n\
-                                 Content-Encoding: {encoding}\r\nVary: Accept-Encoding\r\n\
-                                 ETag: W/\"{encoding}-61\"\r\nContent-Length: {}\r\n\r\n",
-                                bytes.len()
-                            )
-                            .as_bytes(),
-                        );
-                        if !is_head {
-                            out.extend_from_slice(bytes);
-                        }
-                    }
-                    "/gz-chunked" => {
-                        out.extend_from_slice(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
-                              Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n\
-                              Transfer-Encoding: chunked\r\n\r\n",
-                        );
-                        for chunk in fake_gzip().chunks(30_000) {
-                            out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                            out.extend_from_slice(chunk);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                        out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                    _ => out.extend_from_slice(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-                    ),
-                }
-                if wire.send(&out).await.is_err() {
-                    return;
-                }
+    scripted_upstream(|head| (compressed_answer(head), false)).await
+}
+
+fn compressed_answer(head: &Head) -> Vec<u8> {
+    let is_head = head.start().starts_with("HEAD ");
+    let path = head
+        .start()
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let mut out = Vec::new();
+    match path.as_str() {
+        "/gz" | "/br" => {
+            let (encoding, bytes) = if path == "/gz" {
+                ("gzip", &GZIP_BODY[..])
+            } else {
+                ("br", &BROTLI_BODY[..])
+            };
+            out.extend_from_slice(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n\
+                     Content-Encoding: {encoding}\r\nVary: Accept-Encoding\r\n\
+                     ETag: W/\"{encoding}-61\"\r\nContent-Length: {}\r\n\r\n",
+                    bytes.len()
+                )
+                .as_bytes(),
+            );
+            if !is_head {
+                out.extend_from_slice(bytes);
             }
         }
-    })
-    .await;
-    (upstream, seen)
+        "/gz-chunked" => {
+            out.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                  Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
+            );
+            for chunk in fake_gzip().chunks(30_000) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        _ => out.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1515,32 +1534,15 @@ async fn compressed_bodies_pass_through_untouched() {
 
 /// A raw upstream that records every request head and answers `200 ok`, keep-alive.
 async fn recording_upstream() -> (RawUpstream, Seen) {
-    let seen = Seen::default();
-    let record = seen.clone();
-    let upstream = RawUpstream::start(move |mut wire: Wire| {
-        let record = record.clone();
-        async move {
-            for _ in 0..1000 {
-                let Ok(Some(head)) = wire.head().await else {
-                    return;
-                };
-                let Ok(body) = wire.request_body(&head).await else {
-                    return;
-                };
-                record.push(&head, &body);
-                let answer: &[u8] = if head.start().starts_with("HEAD ") {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                };
-                if wire.send(answer).await.is_err() {
-                    return;
-                }
-            }
-        }
+    scripted_upstream(|head| {
+        let answer: &[u8] = if head.start().starts_with("HEAD ") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        (answer.to_vec(), false)
     })
-    .await;
-    (upstream, seen)
+    .await
 }
 
 /// Request targets a normalising proxy would change. None has a fragment (clients do not
@@ -1618,36 +1620,21 @@ async fn request_targets_arrive_byte_for_byte() {
 /// on by default); `/len` answers `hello\n` with Content-Length, `/chunked` the same in two
 /// chunks. Keep-alive; records every request.
 async fn node_like_upstream() -> (RawUpstream, Seen) {
-    let seen = Seen::default();
-    let record = seen.clone();
-    let upstream = RawUpstream::start(move |mut wire: Wire| {
-        let record = record.clone();
-        async move {
-            for _ in 0..1000 {
-                let Ok(Some(head)) = wire.head().await else {
-                    return;
-                };
-                let Ok(body) = wire.request_body(&head).await else {
-                    return;
-                };
-                record.push(&head, &body);
-                let start = head.start();
-                let answer: &[u8] = if start.ends_with("HTTP/1.1") && head.get("host").is_none() {
-                    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"
-                } else if start.contains(" /chunked ") {
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
-                      3\r\nhel\r\n3\r\nlo\n\r\n0\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"
-                };
-                if wire.send(answer).await.is_err() || answer.starts_with(b"HTTP/1.1 400") {
-                    return;
-                }
-            }
+    scripted_upstream(|head| {
+        let start = head.start();
+        if start.ends_with("HTTP/1.1") && head.get("host").is_none() {
+            let answer = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n";
+            return (answer.to_vec(), true);
         }
+        let answer: &[u8] = if start.contains(" /chunked ") {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nhel\r\n3\r\nlo\n\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"
+        };
+        (answer.to_vec(), false)
     })
-    .await;
-    (upstream, seen)
+    .await
 }
 
 /// Sends an HTTP/1.0 request (no keep-alive) and reads the whole answer until the gateway
@@ -1817,31 +1804,13 @@ async fn upstream_connections_are_reused() {
 /// An upstream that answers every request `ok` with hop-by-hop fields, as Node does
 /// (`Keep-Alive: timeout=5`) plus one nominated by its `Connection` header.
 async fn hop_by_hop_upstream() -> (RawUpstream, Seen) {
-    let seen = Seen::default();
-    let record = seen.clone();
-    let upstream = RawUpstream::start(move |mut wire: Wire| {
-        let record = record.clone();
-        async move {
-            for _ in 0..100 {
-                let Ok(Some(head)) = wire.head().await else {
-                    return;
-                };
-                let Ok(body) = wire.request_body(&head).await else {
-                    return;
-                };
-                record.push(&head, &body);
-                let answer =
-                    b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n\
-                    Keep-Alive: timeout=5, max=100\r\nProxy-Connection: keep-alive\r\n\
-                    X-End-To-End: kept\r\nContent-Length: 2\r\n\r\nok";
-                if wire.send(answer).await.is_err() {
-                    return;
-                }
-            }
-        }
+    scripted_upstream(|_| {
+        let answer = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n\
+            Keep-Alive: timeout=5, max=100\r\nProxy-Connection: keep-alive\r\n\
+            X-End-To-End: kept\r\nContent-Length: 2\r\n\r\nok";
+        (answer.to_vec(), false)
     })
-    .await;
-    (upstream, seen)
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
