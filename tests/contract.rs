@@ -374,12 +374,9 @@ async fn missing_session_id_is_400(backend: Backend) {
 
 // ---- 5. orchestrator ----
 
-async fn orchestrator_refusing_connections_is_502(backend: Backend) {
-    let closed = free_port();
-    let h = Harness::start_with(backend, |o| {
-        o.orchestrator_url = format!("http://127.0.0.1:{closed}")
-    })
-    .await;
+/// An orchestrator that cannot be reached at `url`: 502 "Error de conexión", row untouched.
+async fn unreachable_orchestrator_is_502(backend: Backend, url: String) {
+    let h = Harness::start_with(backend, |o| o.orchestrator_url = url).await;
     h.seed(1, Some("ok-1"), "connected").await;
     h.disconnect("1")
         .await
@@ -387,17 +384,14 @@ async fn orchestrator_refusing_connections_is_502(backend: Backend) {
     assert_eq!(h.status_of(1).await, "connected");
 }
 
+async fn orchestrator_refusing_connections_is_502(backend: Backend) {
+    let closed = free_port();
+    unreachable_orchestrator_is_502(backend, format!("http://127.0.0.1:{closed}")).await;
+}
+
 async fn orchestrator_host_that_does_not_resolve_is_502(backend: Backend) {
     // `.invalid` never resolves (RFC 6761): a DNS failure, answered as a connection error.
-    let h = Harness::start_with(backend, |o| {
-        o.orchestrator_url = "http://orchestrator.invalid:3000".into()
-    })
-    .await;
-    h.seed(1, Some("ok-1"), "connected").await;
-    h.disconnect("1")
-        .await
-        .assert(502, &bad_gateway("Error de conexión al orquestador"));
-    assert_eq!(h.status_of(1).await, "connected");
+    unreachable_orchestrator_is_502(backend, "http://orchestrator.invalid:3000".into()).await;
 }
 
 async fn orchestrator_timeout_is_502_naming_the_configured_timeout(backend: Backend) {
