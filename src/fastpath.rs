@@ -134,7 +134,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FastPath<A> {
             input: vec![0; 4096],
             filled: 0,
             out: Vec::with_capacity(1024),
-            buf: vec![0; BUF],
+            // Allocated by the first request the fast path takes (a connection handed to
+            // Pingora at once never needs it).
+            buf: Vec::new(),
             request_id: Vec::with_capacity(64),
         };
         loop {
@@ -240,6 +242,9 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         is_head: bool,
         closing: bool,
     ) -> Result<Outcome, Failure> {
+        if conn.buf.is_empty() {
+            conn.buf.resize(BUF, 0);
+        }
         let (mut upstream, mut reused) = match self.pool.take() {
             Some(c) => (c, true),
             None => (self.connect().await?, false),

@@ -260,6 +260,9 @@ pub fn response(
     let mut transfer_encoding = false;
     let mut upstream_close = version == 0;
     let mut has_date = false;
+    // Whether `Connection` names fields (tokens other than close / keep-alive); usually not,
+    // and then no field needs looking up in it.
+    let mut names_fields = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -280,8 +283,13 @@ pub fn response(
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     upstream_close = true;
-                } else if version == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
-                    upstream_close = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    // HTTP/1.0 keeps the connection only when asked to.
+                    if version == 0 {
+                        upstream_close = false;
+                    }
+                } else {
+                    names_fields = true;
                 }
             }
         }
@@ -314,7 +322,7 @@ pub fn response(
             || name.eq_ignore_ascii_case(b"proxy-connection")
             || name.eq_ignore_ascii_case(b"x-request-id")
             || (transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
-            || named_by_connection(resp.headers, name);
+            || (names_fields && named_by_connection(resp.headers, name));
         if !hop {
             push_field(out, name, h.value);
         }
