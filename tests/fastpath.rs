@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::db::{Backend, TestDb};
-use support::{Gateway, GatewayOptions};
+use support::{find, Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use whatsapp_gateway::h1::ChunkedScanner;
@@ -144,10 +144,6 @@ async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Seen>>) {
             return;
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// One answer read off a client connection: head text and body bytes as sent (framing

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::db::{Backend, TestDb};
 use support::orchestrator::FakeOrchestrator;
-use support::{Gateway, GatewayOptions};
+use support::{find, Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -63,10 +63,6 @@ fn timed_out(what: &str) -> io::Error {
         io::ErrorKind::TimedOut,
         format!("{what}: nothing within {IO_LIMIT:?}"),
     )
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A TCP connection with a read buffer, read and written with bounded waits.

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_whatsapp-gateway");
 
+/// Where `needle` first occurs in `haystack` (raw HTTP heads in the byte-level tests).
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
