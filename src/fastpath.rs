@@ -21,7 +21,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,7 +90,8 @@ impl Pool {
 
 /// Buffers of one client connection, reused by each of its requests.
 struct Conn {
-    client: Option<IpAddr>,
+    /// The client's address as X-Forwarded-For writes it, formatted once per connection.
+    client: Option<String>,
     /// Bytes read from the client: `input[..filled]`.
     input: Vec<u8>,
     filled: usize,
@@ -126,9 +127,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FastPath<A> {
         if !stream.as_any().is::<L4Stream>() {
             return self.inner.process_new(stream, shutdown).await;
         }
-        let client = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let client = stream.get_socket_digest().and_then(|d| {
+            d.peer_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+        });
         let mut conn = Conn {
             client,
             input: vec![0; 4096],
@@ -195,7 +198,7 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         loop {
             let head = h1::request(
                 &conn.input[..conn.filled],
-                conn.client,
+                conn.client.as_deref(),
                 self.native_disconnect,
                 |out| self.request_ids.write_next(out),
                 &mut conn.out,
