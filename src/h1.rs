@@ -40,9 +40,9 @@ pub struct Taken {
 
 /// Reads a request head from `buf`. When it is taken, the head to send upstream is appended
 /// to `out`: the client's own fields in their order, minus `Connection` and the forwarding
-/// fields this hop sets, then `X-Forwarded-For` (the client's list plus `client`, the address as text),
-/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Request-Id` (the client's when it is
-/// usable, else `new_id()`): the same head Pingora's path sends (src/proxy.rs).
+/// fields this hop sets, then `X-Forwarded-For` (the client's list plus `client`, its address
+/// as text), `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Request-Id` (the client's when it
+/// is usable, else `new_id()`): the same head Pingora's path sends (src/proxy.rs).
 pub fn request(
     buf: &[u8],
     client: Option<&str>,
