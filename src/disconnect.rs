@@ -6,11 +6,11 @@
 
 use crate::durable::Durable;
 use crate::journal::Journal;
-use crate::locks::{KeyGuard, KeyedLocks};
+use crate::locks::KeyedLocks;
 use crate::metrics;
 use crate::orchestrator::{Failure, Orchestrator, Outcome};
 use crate::reply::Reply;
-use crate::store::{LockedSession, Session, SessionStore};
+use crate::store::{Session, SessionStore};
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
@@ -30,7 +30,7 @@ pub struct Deps {
     pub locks: Arc<KeyedLocks>,
     /// Where an update that failed after the orchestrator said yes is owed.
     pub journal: Arc<Journal>,
-    /// Runs the orchestrator call and what follows it to the end, whatever the request does.
+    /// Runs each disconnect to the end, whatever the request does.
     pub durable: Arc<Durable>,
     /// How long the row update after the orchestrator call may take before it is journaled.
     pub write_timeout: Duration,
@@ -149,9 +149,20 @@ pub fn parse_id(segment: &str) -> Result<i64, Rejection> {
 }
 
 /// Answers one disconnect request; `segment` is the raw `{id}` path segment, `request_id`
-/// is passed on to the orchestrator.
-pub async fn handle(segment: &str, request_id: &str, deps: &Deps) -> Reply {
-    match disconnect(segment, request_id, deps).await {
+/// is passed on to the orchestrator. A valid id is handled on the durable runtime, to the
+/// end, whatever happens to the request meanwhile.
+pub async fn handle(segment: &str, request_id: &str, deps: &Arc<Deps>) -> Reply {
+    let outcome = match parse_id(segment) {
+        Ok(id) => {
+            let (request_id, task_deps) = (request_id.to_owned(), Arc::clone(deps));
+            deps.durable
+                .run(async move { disconnect(id, &request_id, &task_deps).await })
+                .await
+                .unwrap_or(Err(Rejection::Internal))
+        }
+        Err(rejection) => Err(rejection),
+    };
+    match outcome {
         Ok(done) => {
             metrics::count_native_outcome(if done.warning.is_some() {
                 "disconnected_write_owed"
@@ -167,13 +178,8 @@ pub async fn handle(segment: &str, request_id: &str, deps: &Deps) -> Reply {
     }
 }
 
-async fn disconnect(
-    segment: &str,
-    request_id: &str,
-    deps: &Deps,
-) -> Result<Disconnected, Rejection> {
-    let id = parse_id(segment)?;
-
+/// Steps 2 to 7 for session `id`.
+async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnected, Rejection> {
     // Checks 2-4 on a plain read first: most rejections (unknown id, not connected) need no
     // lock and no transaction. Only a row that looks disconnectable takes the locks...
     let started = Instant::now();
@@ -182,7 +188,8 @@ async fn disconnect(
     check(read.map_err(database_unavailable)?)?;
 
     // ... and is then read again under them, since another request may have got there first.
-    let queued = deps.locks.lock(id).await;
+    // Both are held to the end of this function.
+    let _queued = deps.locks.lock(id).await;
     let started = Instant::now();
     let read = async {
         let mut locked = deps.store.lock(id).await?;
@@ -195,23 +202,59 @@ async fn disconnect(
         read.is_ok(),
         started.elapsed().as_secs_f64(),
     );
-    let (locked, row) = read.map_err(database_unavailable)?;
+    let (mut locked, row) = read.map_err(database_unavailable)?;
     let session_id = check(row)?;
 
-    let finish = Finish {
-        orchestrator: deps.orchestrator.clone(),
-        journal: deps.journal.clone(),
-        write_timeout: deps.write_timeout,
-        id,
-        session_id,
-        request_id: request_id.to_owned(),
-        locked,
-        _queued: queued,
+    // Step 5. From here on the orchestrator's answer is written to the row or journaled.
+    let started = Instant::now();
+    let outcome = deps.orchestrator.disconnect(&session_id, request_id).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let orchestrator_disconnect = match outcome {
+        Outcome::Disconnected(body) => {
+            metrics::observe_orchestrator("disconnected", elapsed);
+            body
+        }
+        Outcome::Refused(message) => {
+            metrics::observe_orchestrator("refused", elapsed);
+            return Err(Rejection::Refused(message));
+        }
+        Outcome::Unreachable(failure) => {
+            metrics::observe_orchestrator("unreachable", elapsed);
+            return Err(Rejection::Unreachable(failure));
+        }
     };
-    deps.durable
-        .run(finish.run())
-        .await
-        .unwrap_or(Err(Rejection::Internal))
+    let started = Instant::now();
+    let written = tokio::time::timeout(deps.write_timeout, locked.mark_disconnected()).await;
+    metrics::observe_database(
+        "update",
+        matches!(written, Ok(Ok(_))),
+        started.elapsed().as_secs_f64(),
+    );
+    let (updated_session, warning) = match written {
+        Ok(Ok(updated)) => (updated, None),
+        Ok(Err(e)) => {
+            tracing::error!(id, session_id, error = %e,
+                "disconnected at the orchestrator, but the row update failed");
+            owe(&deps.journal, id, &session_id).await;
+            (None, Some(MSG_UPDATE_WARNING))
+        }
+        Err(_) => {
+            tracing::error!(id, session_id, timeout = ?deps.write_timeout,
+                "disconnected at the orchestrator, but the row update timed out");
+            owe(&deps.journal, id, &session_id).await;
+            (None, Some(MSG_UPDATE_WARNING))
+        }
+    };
+    Ok(Disconnected {
+        success: true,
+        message: MSG_SUCCESS,
+        warning,
+        data: DisconnectedData {
+            session_id,
+            orchestrator_disconnect,
+            updated_session,
+        },
+    })
 }
 
 /// Checks 2 to 4 on the row as read: its session_id when it can be disconnected.
@@ -223,79 +266,6 @@ fn check(row: Option<Session>) -> Result<String, Rejection> {
     match row.session_id {
         Some(s) if !s.trim().is_empty() => Ok(s),
         _ => Err(Rejection::NoSessionId),
-    }
-}
-
-/// Steps 5 to 7, owning everything they need, so they can run to the end on their own:
-/// once the orchestrator is asked, its answer is either written to the row or journaled.
-struct Finish {
-    orchestrator: Arc<dyn Orchestrator>,
-    journal: Arc<Journal>,
-    write_timeout: Duration,
-    id: i64,
-    session_id: String,
-    request_id: String,
-    /// Held until the end: the database lock, and the in-process queue place.
-    locked: Box<dyn LockedSession>,
-    _queued: KeyGuard,
-}
-
-impl Finish {
-    async fn run(mut self) -> Result<Disconnected, Rejection> {
-        let started = Instant::now();
-        let outcome = self
-            .orchestrator
-            .disconnect(&self.session_id, &self.request_id)
-            .await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let orchestrator_disconnect = match outcome {
-            Outcome::Disconnected(body) => {
-                metrics::observe_orchestrator("disconnected", elapsed);
-                body
-            }
-            Outcome::Refused(message) => {
-                metrics::observe_orchestrator("refused", elapsed);
-                return Err(Rejection::Refused(message));
-            }
-            Outcome::Unreachable(failure) => {
-                metrics::observe_orchestrator("unreachable", elapsed);
-                return Err(Rejection::Unreachable(failure));
-            }
-        };
-        let (id, session_id) = (self.id, self.session_id);
-        let started = Instant::now();
-        let written =
-            tokio::time::timeout(self.write_timeout, self.locked.mark_disconnected()).await;
-        metrics::observe_database(
-            "update",
-            matches!(written, Ok(Ok(_))),
-            started.elapsed().as_secs_f64(),
-        );
-        let (updated_session, warning) = match written {
-            Ok(Ok(updated)) => (updated, None),
-            Ok(Err(e)) => {
-                tracing::error!(id, session_id, error = %e,
-                    "disconnected at the orchestrator, but the row update failed");
-                owe(&self.journal, id, &session_id).await;
-                (None, Some(MSG_UPDATE_WARNING))
-            }
-            Err(_) => {
-                tracing::error!(id, session_id, timeout = ?self.write_timeout,
-                    "disconnected at the orchestrator, but the row update timed out");
-                owe(&self.journal, id, &session_id).await;
-                (None, Some(MSG_UPDATE_WARNING))
-            }
-        };
-        Ok(Disconnected {
-            success: true,
-            message: MSG_SUCCESS,
-            warning,
-            data: DisconnectedData {
-                session_id,
-                orchestrator_disconnect,
-                updated_session,
-            },
-        })
     }
 }
 

@@ -1,7 +1,10 @@
-//! Work that must finish even when the request that started it does not: the orchestrator
-//! call and what follows it (the row update, or the journal entry). It runs on a runtime of
-//! the gateway's own, not Pingora's, so a client hanging up or Pingora dropping its runtimes
-//! at shutdown cannot cut it in half; `main` waits for it (bounded) before the process exits.
+//! Work that must finish even when the request that started it does not: the native
+//! disconnect, start to finish (once the orchestrator is asked, its answer is either written
+//! to the row or journaled). It runs on a runtime of the gateway's own, not Pingora's, so a
+//! client hanging up or Pingora dropping its runtimes at shutdown cannot cut it in half;
+//! `main` waits for it (bounded) before the process exits. Running the whole route here, not
+//! just its tail, also keeps its database and orchestrator sockets on this runtime's reactor:
+//! a request crosses threads twice, not at every query.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -9,18 +12,27 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 
-#[derive(Default)]
 pub struct Durable {
     /// Built on first use, so it is created after Pingora's daemonizing fork.
     runtime: OnceLock<Runtime>,
+    threads: usize,
     tracker: TaskTracker,
 }
 
 impl Durable {
+    /// A runtime of `threads` worker threads (at least one).
+    pub fn new(threads: usize) -> Durable {
+        Durable {
+            runtime: OnceLock::new(),
+            threads: threads.max(1),
+            tracker: TaskTracker::new(),
+        }
+    }
+
     fn runtime(&self) -> &Runtime {
         self.runtime.get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(self.threads)
                 .thread_name("durable")
                 .enable_all()
                 .build()

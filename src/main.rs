@@ -149,7 +149,8 @@ fn serve(mut opt: Opt, config: Config, store: Arc<dyn SessionStore>) -> anyhow::
             .context("building the auth client")?,
         ),
     };
-    let durable = Arc::new(Durable::default());
+    // The native route runs on it start to finish, one worker per proxy thread.
+    let durable = Arc::new(Durable::new(config.server.threads));
     let deps = Arc::new(Deps {
         store: store.clone(),
         orchestrator: Arc::new(orchestrator),
