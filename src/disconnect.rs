@@ -183,26 +183,29 @@ async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnect
     // Checks 2-4 on a plain read first: most rejections (unknown id, not connected) need no
     // lock and no transaction. Only a row that looks disconnectable takes the locks...
     let started = Instant::now();
-    let read = deps.store.find(id).await;
+    let mut session = deps.store.open(id).await.map_err(database_unavailable)?;
+    let read = session.find().await;
     metrics::observe_database("read", read.is_ok(), started.elapsed().as_secs_f64());
     check(read.map_err(database_unavailable)?)?;
 
-    // ... and is then read again under them, since another request may have got there first.
-    // Both are held to the end of this function.
-    let _queued = deps.locks.lock(id).await;
+    // ... the in-process one first. Whoever waits for it must not hold a database connection
+    // meanwhile (a busy session would drain the pool), so the handle is let go and opened
+    // again only if the lock is taken.
+    let _queued = match deps.locks.try_lock(id) {
+        Some(free) => free,
+        None => {
+            drop(session);
+            let queued = deps.locks.lock(id).await;
+            session = deps.store.open(id).await.map_err(database_unavailable)?;
+            queued
+        }
+    };
+    // Then the store's, and the row is read again under it, since another request may have
+    // got there first. Both are held to the end of this function.
     let started = Instant::now();
-    let read = async {
-        let mut locked = deps.store.lock(id).await?;
-        let row = locked.fetch().await?;
-        Ok::<_, crate::store::StoreError>((locked, row))
-    }
-    .await;
-    metrics::observe_database(
-        "lock_and_read",
-        read.is_ok(),
-        started.elapsed().as_secs_f64(),
-    );
-    let (mut locked, row) = read.map_err(database_unavailable)?;
+    let row = session.lock().await;
+    metrics::observe_database("lock_and_read", row.is_ok(), started.elapsed().as_secs_f64());
+    let row = row.map_err(database_unavailable)?;
     let session_id = check(row)?;
 
     // Step 5. From here on the orchestrator's answer is written to the row or journaled.
@@ -224,7 +227,7 @@ async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnect
         }
     };
     let started = Instant::now();
-    let written = tokio::time::timeout(deps.write_timeout, locked.mark_disconnected()).await;
+    let written = tokio::time::timeout(deps.write_timeout, session.mark_disconnected()).await;
     metrics::observe_database(
         "update",
         matches!(written, Ok(Ok(_))),

@@ -33,6 +33,20 @@ impl KeyedLocks {
         }
     }
 
+    /// The key's lock if it is free now, without waiting. Done under the map lock, so a
+    /// failed attempt leaves the map as it found it.
+    pub fn try_lock(self: &Arc<Self>, key: i64) -> Option<KeyGuard> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = Arc::clone(map.entry(key).or_default())
+            .try_lock_owned()
+            .ok()?;
+        Some(KeyGuard {
+            locks: Arc::clone(self),
+            key,
+            guard: Some(guard),
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.map
             .lock()
@@ -94,6 +108,16 @@ mod tests {
             locks.is_empty(),
             "entries are removed when the last holder leaves"
         );
+        // try_lock: refused while held, granted once released, and leaves nothing behind
+        let held = locks.lock(7).await;
+        assert!(locks.try_lock(7).is_none());
+        assert_eq!(locks.len(), 1);
+        drop(held);
+        assert!(locks.is_empty());
+        let tried = locks.try_lock(7).expect("free after release");
+        assert!(locks.try_lock(7).is_none());
+        drop(tried);
+        assert!(locks.is_empty());
         // different keys do not block each other
         let _a = locks.lock(1).await;
         let _b = locks.lock(2).await;

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::db::{PgCluster, Pool, TestDb};
 use support::orchestrator::{ok_body, FakeOrchestrator};
@@ -205,6 +207,52 @@ async fn fifty_concurrent_disconnects_through_two_gateways_make_one_orchestrator
     assert_eq!((ok, not_connected), (1, 49), "{answers:?}");
     assert_eq!(orchestrator.calls_for("slow-5"), 1);
     assert_eq!(db.pool.status_of(5).await, "disconnected");
+}
+
+/// Requests queued behind a disconnect of the same session hold no database connection:
+/// with more of them waiting than the pool has connections (10), another session still
+/// disconnects while the first one's orchestrator call is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_on_one_session_do_not_hold_database_connections() {
+    let (upstream, orchestrator) = (EchoUpstream::start().await, FakeOrchestrator::start().await);
+    let db = TestDb::postgres_on(&support::db::shared_postgres_url(), None).await;
+    let gw = Gateway::start(&options(&db.url, &upstream, &orchestrator)).await;
+    // `slow2s` answers after 1.5 s; everything about session 5 waits for it.
+    db.pool.seed(5, Some("slow2s-5"), "connected").await;
+    db.pool.seed(6, Some("ok-6"), "connected").await;
+    let client = reqwest::Client::new();
+    let answered_5 = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, url, answered_5) = (
+            client.clone(),
+            gw.url("/api/whatsapp_sessions/5/disconnect"),
+            answered_5.clone(),
+        );
+        tasks.spawn(async move {
+            let r = client.post(url).timeout(Duration::from_secs(20)).send().await;
+            answered_5.fetch_add(1, Ordering::SeqCst);
+            let r = r.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+    }
+    // All 20 have been read once and are queued (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while orchestrator.calls_for("slow2s-5") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = post(&client, &gw, 6).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        answered_5.load(Ordering::SeqCst),
+        0,
+        "session 6 had to wait for session 5's orchestrator call"
+    );
+    let answers = tasks.join_all().await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 1, "{answers:?}");
+    assert_eq!(orchestrator.calls_for("slow2s-5"), 1);
 }
 
 /// Every way a disconnect ends without its COMMIT (orchestrator refused, unreachable, answered

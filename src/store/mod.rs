@@ -48,13 +48,9 @@ pub enum StoreError {
 /// Where the sessions live.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Reads row `id` without any lock; `None` when there is no such row.
-    async fn find(&self, id: i64) -> Result<Option<Session>, StoreError>;
-
-    /// Takes the disconnect lock of session `id`, held until the returned handle is dropped.
-    /// It excludes every other holder of the same id that shares this database (in the
-    /// PostgreSQL store, across gateway processes).
-    async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError>;
+    /// A handle on session `id` for one request (in the PostgreSQL store, one pooled
+    /// connection, held until the handle is dropped).
+    async fn open(&self, id: i64) -> Result<Box<dyn SessionHandle>, StoreError>;
 
     /// The owed write of the journal: marks row `id` disconnected only if it is still
     /// `connected` with this `session_id`. `Ok(true)` if it wrote, `Ok(false)` if the row no
@@ -65,13 +61,19 @@ pub trait SessionStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// A session whose disconnect lock is held.
+/// One session's row, read and then possibly locked and written.
 #[async_trait]
-pub trait LockedSession: Send {
-    /// Reads the row; `None` when there is no row with that id.
-    async fn fetch(&mut self) -> Result<Option<Session>, StoreError>;
-    /// Sets `status = 'disconnected'`, `updated_at = now()`, and returns the row as written
-    /// (`None` if the row vanished meanwhile).
+pub trait SessionHandle: Send {
+    /// Reads the row without any lock; `None` when there is no such row.
+    async fn find(&mut self) -> Result<Option<Session>, StoreError>;
+
+    /// Takes the session's disconnect lock, then reads the row under it. The lock excludes
+    /// every other holder of the same id that shares this database (in the PostgreSQL store,
+    /// across gateway processes) and is held until `mark_disconnected` or the handle's drop.
+    async fn lock(&mut self) -> Result<Option<Session>, StoreError>;
+
+    /// Under the lock: sets `status = 'disconnected'`, `updated_at = now()`, returns the row
+    /// as written (`None` if the row vanished meanwhile), and releases the lock.
     async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError>;
 }
 

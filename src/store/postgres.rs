@@ -10,11 +10,20 @@
 //! (the legacy app may keep writing `last_seen` meanwhile) and without inventing a status
 //! value the legacy app does not know. It is released by COMMIT, by ROLLBACK when the handle
 //! is dropped, or by the server when the connection dies.
+//!
+//! Round trips are what a disconnect costs PostgreSQL (its CPU goes mostly to the socket
+//! work of each one), so one request uses one connection and four round trips: the unlocked
+//! read; `BEGIN`, the lock and the read under it in one simple query; the update and
+//! `COMMIT` in another; sqlx's ping when the connection goes back to the pool. The two
+//! statements inside those simple queries are prepared once per connection (`PREPARE` in
+//! `after_connect`) and run with `EXECUTE`, so they are not planned again on every request.
+//! This needs session-level connections: PostgreSQL itself, or a pooler in session mode.
 
-use super::{LockedSession, PoolSettings, Session, SessionStore, StoreError};
+use super::{PoolSettings, Session, SessionHandle, SessionStore, StoreError};
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::{Connection, Executor, FromRow, Postgres};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use tokio::sync::OnceCell;
@@ -28,22 +37,36 @@ const CAST_COLUMNS: &str = "id::int8 AS id, session_id::text AS session_id, \
 
 static SELECT: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {CAST_COLUMNS} FROM whatsapp_sessions WHERE id = $1"));
-static MARK_DISCONNECTED: LazyLock<String> = LazyLock::new(|| {
+/// Run on every new connection: the two statements of the locked part, prepared once.
+static PREPARE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
-         WHERE id = $1 RETURNING {CAST_COLUMNS}"
+        "PREPARE gateway_find (int8) AS {}; \
+         PREPARE gateway_mark_disconnected (int8) AS \
+         UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
+         WHERE id = $1 RETURNING {CAST_COLUMNS}",
+        SELECT.as_str()
     )
 });
 const APPLY_OWED: &str =
     "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
     WHERE id = $1 AND status::text = 'connected' AND session_id::text = $2";
-/// `BEGIN` and the lock in one round trip (one simple query). One 64-bit advisory key per
-/// session id, in a namespace of its own so it does not collide with advisory locks the
-/// legacy app may take on bare ids. `id` is an integer, so formatting it in is safe.
-fn begin_and_lock(id: i64) -> String {
+
+/// `BEGIN`, the lock, and the read under it: one simple query, one round trip. Statements of
+/// a simple query each get their own snapshot, so the read sees whatever the previous holder
+/// of the lock committed. One 64-bit advisory key per session id, in a namespace of its own
+/// so it does not collide with advisory locks the legacy app may take on bare ids. `id` is
+/// an integer, so formatting it in is safe.
+fn lock_and_find(id: i64) -> String {
     format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0))"
+        "BEGIN; \
+         SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0)); \
+         EXECUTE gateway_find({id})"
     )
+}
+
+/// The update and `COMMIT`: one round trip.
+fn mark_and_commit(id: i64) -> String {
+    format!("EXECUTE gateway_mark_disconnected({id}); COMMIT")
 }
 
 /// See [`PostgresStore::pool`].
@@ -98,6 +121,12 @@ impl PostgresStore {
                             Ok(true)
                         })
                     })
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(PREPARE.as_str()).await?;
+                            Ok(())
+                        })
+                    })
                     .connect_lazy_with(self.options.clone())
             })
             .await
@@ -106,16 +135,12 @@ impl PostgresStore {
 
 #[async_trait]
 impl SessionStore for PostgresStore {
-    async fn find(&self, id: i64) -> Result<Option<Session>, StoreError> {
-        Ok(sqlx::query_as(&SELECT)
-            .bind(id)
-            .fetch_optional(self.pool().await)
-            .await?)
-    }
-
-    async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
-        let tx = self.pool().await.begin_with(begin_and_lock(id)).await?;
-        Ok(Box::new(PostgresSession { tx: Some(tx), id }))
+    async fn open(&self, id: i64) -> Result<Box<dyn SessionHandle>, StoreError> {
+        Ok(Box::new(PostgresSession {
+            conn: Some(self.pool().await.acquire().await?),
+            id,
+            in_transaction: false,
+        }))
     }
 
     async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError> {
@@ -134,39 +159,63 @@ impl SessionStore for PostgresStore {
 }
 
 struct PostgresSession {
-    /// `None` once committed.
-    tx: Option<Transaction<'static, Postgres>>,
+    /// `None` only while being dropped.
+    conn: Option<PoolConnection<Postgres>>,
     id: i64,
+    /// A transaction (and the lock with it) may be open on `conn`: set before `BEGIN` is
+    /// sent, cleared once `COMMIT` is answered.
+    in_transaction: bool,
 }
 
 impl PostgresSession {
-    fn tx(&mut self) -> Result<&mut Transaction<'static, Postgres>, StoreError> {
-        self.tx
+    fn conn(&mut self) -> Result<&mut PoolConnection<Postgres>, StoreError> {
+        self.conn
             .as_mut()
             .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
     }
 }
 
 #[async_trait]
-impl LockedSession for PostgresSession {
-    async fn fetch(&mut self) -> Result<Option<Session>, StoreError> {
+impl SessionHandle for PostgresSession {
+    async fn find(&mut self) -> Result<Option<Session>, StoreError> {
         let id = self.id;
-        let tx = self.tx()?;
         Ok(sqlx::query_as(&SELECT)
             .bind(id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut **self.conn()?)
             .await?)
     }
 
+    async fn lock(&mut self) -> Result<Option<Session>, StoreError> {
+        let sql = lock_and_find(self.id);
+        self.in_transaction = true;
+        let rows = self.conn()?.fetch_all(sql.as_str()).await?;
+        // The lock's own row (one `void` column) comes first, then the session's, if any.
+        Ok(rows.get(1).map(Session::from_row).transpose()?)
+    }
+
     async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError> {
+        let sql = mark_and_commit(self.id);
+        let rows = self.conn()?.fetch_all(sql.as_str()).await?;
+        self.in_transaction = false;
+        Ok(rows.first().map(Session::from_row).transpose()?)
+    }
+}
+
+/// A handle dropped with its transaction open (a refusal, an error, a timeout) must roll
+/// back before its connection serves anyone else, or the lock would stay with the pool.
+/// sqlx returns connections from a spawned task as well, so there is always a runtime here.
+impl Drop for PostgresSession {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take().filter(|_| self.in_transaction) else {
+            return;
+        };
         let id = self.id;
-        let row = sqlx::query_as(&MARK_DISCONNECTED)
-            .bind(id)
-            .fetch_optional(&mut **self.tx()?)
-            .await?;
-        if let Some(tx) = self.tx.take() {
-            tx.commit().await?;
-        }
-        Ok(row)
+        tokio::spawn(async move {
+            if let Err(error) = conn.execute("ROLLBACK").await {
+                // The server rolls back when the connection closes.
+                tracing::warn!(id, %error, "ROLLBACK failed; closing the connection");
+                conn.close_on_drop();
+            }
+        });
     }
 }

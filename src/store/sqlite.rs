@@ -1,7 +1,7 @@
 //! SQLite store: the embedded default. One process owns the file, so the disconnect lock is
 //! the in-process keyed lock the route already takes; this store adds none of its own.
 
-use super::{LockedSession, PoolSettings, Session, SessionStore, StoreError, COLUMNS};
+use super::{PoolSettings, Session, SessionHandle, SessionStore, StoreError, COLUMNS};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
@@ -76,14 +76,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn find(&self, id: i64) -> Result<Option<Session>, StoreError> {
-        Ok(sqlx::query_as(&SELECT)
-            .bind(id)
-            .fetch_optional(self.pool().await)
-            .await?)
-    }
-
-    async fn lock(&self, id: i64) -> Result<Box<dyn LockedSession>, StoreError> {
+    async fn open(&self, id: i64) -> Result<Box<dyn SessionHandle>, StoreError> {
         Ok(Box::new(SqliteSession {
             pool: self.pool().await.clone(),
             id,
@@ -110,13 +103,24 @@ struct SqliteSession {
     id: i64,
 }
 
-#[async_trait]
-impl LockedSession for SqliteSession {
-    async fn fetch(&mut self) -> Result<Option<Session>, StoreError> {
+impl SqliteSession {
+    async fn read(&self) -> Result<Option<Session>, StoreError> {
         Ok(sqlx::query_as(&SELECT)
             .bind(self.id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+}
+
+/// The lock is the route's in-process one (see the module comment): `lock` only reads.
+#[async_trait]
+impl SessionHandle for SqliteSession {
+    async fn find(&mut self) -> Result<Option<Session>, StoreError> {
+        self.read().await
+    }
+
+    async fn lock(&mut self) -> Result<Option<Session>, StoreError> {
+        self.read().await
     }
 
     async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError> {
