@@ -204,7 +204,11 @@ async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnect
     // got there first. Both are held to the end of this function.
     let started = Instant::now();
     let row = session.lock().await;
-    metrics::observe_database("lock_and_read", row.is_ok(), started.elapsed().as_secs_f64());
+    metrics::observe_database(
+        "lock_and_read",
+        row.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
     let row = row.map_err(database_unavailable)?;
     let session_id = check(row)?;
 

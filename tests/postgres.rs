@@ -230,7 +230,11 @@ async fn requests_queued_on_one_session_do_not_hold_database_connections() {
             answered_5.clone(),
         );
         tasks.spawn(async move {
-            let r = client.post(url).timeout(Duration::from_secs(20)).send().await;
+            let r = client
+                .post(url)
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await;
             answered_5.fetch_add(1, Ordering::SeqCst);
             let r = r.unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
