@@ -180,37 +180,45 @@ pub async fn handle(segment: &str, request_id: &str, deps: &Arc<Deps>) -> Reply 
 
 /// Steps 2 to 7 for session `id`.
 async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnected, Rejection> {
-    // Checks 2-4 on a plain read first: most rejections (unknown id, not connected) need no
-    // lock and no transaction. Only a row that looks disconnectable takes the locks...
+    // Two locks keep disconnects of one session apart: the in-process one (so requests of
+    // this gateway queue here, not on database connections) and the store's (across
+    // gateways). Usually both are free, and the first read takes them on its way if the row
+    // can be disconnected; most rejections (unknown id, not connected) take neither.
     let started = Instant::now();
+    let queued = deps.locks.try_lock(id);
     let mut session = deps.store.open(id).await.map_err(database_unavailable)?;
-    let read = session.find().await;
-    metrics::observe_database("read", read.is_ok(), started.elapsed().as_secs_f64());
-    check(read.map_err(database_unavailable)?)?;
-
-    // ... the in-process one first. Whoever waits for it must not hold a database connection
-    // meanwhile (a busy session would drain the pool), so the handle is let go and opened
-    // again only if the lock is taken.
-    let _queued = match deps.locks.try_lock(id) {
-        Some(free) => free,
-        None => {
-            drop(session);
-            let queued = deps.locks.lock(id).await;
-            session = deps.store.open(id).await.map_err(database_unavailable)?;
+    let found = session.find(queued.is_some()).await;
+    metrics::observe_database("read", found.is_ok(), started.elapsed().as_secs_f64());
+    let found = found.map_err(database_unavailable)?;
+    let mut session_id = check(found.row)?;
+    // Held to the end of this function, as is the store's lock.
+    let _queued = match queued {
+        Some(queued) if found.locked => queued,
+        queued => {
+            // Someone else holds a lock of this session, here or in another gateway. Wait
+            // for the in-process one without a database connection (a busy session would
+            // drain the pool), then for the store's, then read the row again: whoever held
+            // them may have disconnected it.
+            let queued = match queued {
+                Some(queued) => queued,
+                None => {
+                    drop(session);
+                    let queued = deps.locks.lock(id).await;
+                    session = deps.store.open(id).await.map_err(database_unavailable)?;
+                    queued
+                }
+            };
+            let started = Instant::now();
+            let row = session.lock().await;
+            metrics::observe_database(
+                "lock_and_read",
+                row.is_ok(),
+                started.elapsed().as_secs_f64(),
+            );
+            session_id = check(row.map_err(database_unavailable)?)?;
             queued
         }
     };
-    // Then the store's, and the row is read again under it, since another request may have
-    // got there first. Both are held to the end of this function.
-    let started = Instant::now();
-    let row = session.lock().await;
-    metrics::observe_database(
-        "lock_and_read",
-        row.is_ok(),
-        started.elapsed().as_secs_f64(),
-    );
-    let row = row.map_err(database_unavailable)?;
-    let session_id = check(row)?;
 
     // Step 5. From here on the orchestrator's answer is written to the row or journaled.
     let started = Instant::now();

@@ -172,9 +172,10 @@ async fn metrics_count_requests_outcomes_latencies_and_upstream_errors() {
             r#"gateway_database_duration_seconds_count{operation="read",result="ok"}"#,
             2.0,
         ),
+        // The one disconnect took its locks with its first read: nobody else held them.
         (
             r#"gateway_database_duration_seconds_count{operation="lock_and_read",result="ok"}"#,
-            1.0,
+            0.0,
         ),
         (
             r#"gateway_database_duration_seconds_count{operation="update",result="ok"}"#,

@@ -61,15 +61,26 @@ pub trait SessionStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// One session's row, read and then possibly locked and written.
+/// What [`SessionHandle::find`] read.
+#[derive(Debug)]
+pub struct Found {
+    /// `None` when there is no such row.
+    pub row: Option<Session>,
+    /// The disconnect lock was taken and the row read under it.
+    pub locked: bool,
+}
+
+/// One session's row, read and then possibly locked and written. The disconnect lock
+/// excludes every other holder of the same id that shares this database (in the PostgreSQL
+/// store, across gateway processes) and is held until `mark_disconnected` or the drop.
 #[async_trait]
 pub trait SessionHandle: Send {
-    /// Reads the row without any lock; `None` when there is no such row.
-    async fn find(&mut self) -> Result<Option<Session>, StoreError>;
+    /// Reads the row without waiting for any lock. With `try_lock`, a row that is `connected`
+    /// also takes the session's disconnect lock if nobody holds it, and is then read under it
+    /// (`locked: true`). The caller asks only while it holds the in-process lock of the id.
+    async fn find(&mut self, try_lock: bool) -> Result<Found, StoreError>;
 
-    /// Takes the session's disconnect lock, then reads the row under it. The lock excludes
-    /// every other holder of the same id that shares this database (in the PostgreSQL store,
-    /// across gateway processes) and is held until `mark_disconnected` or the handle's drop.
+    /// Takes the session's disconnect lock, waiting for it, then reads the row under it.
     async fn lock(&mut self) -> Result<Option<Session>, StoreError>;
 
     /// Under the lock: sets `status = 'disconnected'`, `updated_at = now()`, returns the row

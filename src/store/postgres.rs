@@ -5,25 +5,35 @@
 //! alike); sessions run with `TimeZone=UTC`, so a `timestamp` column is read, and `now()` is
 //! written, as UTC.
 //!
-//! The disconnect lock is a transaction-scoped advisory lock on a key derived from the id:
-//! it serialises disconnects of one session across all gateways without taking a row lock
-//! (the legacy app may keep writing `last_seen` meanwhile) and without inventing a status
-//! value the legacy app does not know. It is released by COMMIT, by ROLLBACK when the handle
-//! is dropped, or by the server when the connection dies.
+//! The disconnect lock is a session-level advisory lock on a key derived from the id: it
+//! serialises disconnects of one session across all gateways without taking a row lock (the
+//! legacy app may keep writing `last_seen` meanwhile) and without inventing a status value
+//! the legacy app does not know. It is released right after the update's `COMMIT`, in the
+//! same round trip; by a task of its own when the handle is dropped without it (a refusal,
+//! an error, a timeout); or by the server when the connection dies.
 //!
-//! Round trips are what a disconnect costs PostgreSQL (its CPU goes mostly to the socket
-//! work of each one), so one request uses one connection and four round trips: the unlocked
-//! read; `BEGIN`, the lock and the read under it in one simple query; the update and
-//! `COMMIT` in another; sqlx's ping when the connection goes back to the pool. The two
-//! statements inside those simple queries are prepared once per connection (`PREPARE` in
-//! `after_connect`) and run with `EXECUTE`, so they are not planned again on every request.
-//! This needs session-level connections: PostgreSQL itself, or a pooler in session mode.
+//! Round trips are what a disconnect costs PostgreSQL (its CPU goes mostly to the socket work
+//! of each one), so a request uses one connection and, when nobody else is disconnecting the
+//! same session, three round trips:
+//!
+//! 1. `EXECUTE gateway_try_lock(id); EXECUTE gateway_find(id)`: the first statement takes the
+//!    lock if the row is `connected` and the lock is free; the second reads the row, with a
+//!    snapshot of its own taken after that, so when the lock was taken the row is read under
+//!    it. A row that cannot be disconnected takes no lock: the check paths stay one round trip.
+//! 2. After the orchestrator: `BEGIN; EXECUTE gateway_mark_disconnected(id); COMMIT;` and the
+//!    unlock, in that order, so nobody can take the lock before the update is visible.
+//! 3. sqlx's ping when the connection goes back to the pool.
+//!
+//! The statements are prepared once per connection (`PREPARE` in `after_connect`) and run with
+//! `EXECUTE` inside simple queries, so nothing is planned per request. This needs
+//! session-level connections: PostgreSQL itself, or a pooler in session mode.
 
-use super::{PoolSettings, Session, SessionHandle, SessionStore, StoreError};
+use super::{Found, PoolSettings, Session, SessionHandle, SessionStore, StoreError};
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Executor, FromRow, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Either, Executor, FromRow, Postgres, Row};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use tokio::sync::OnceCell;
@@ -37,37 +47,28 @@ const CAST_COLUMNS: &str = "id::int8 AS id, session_id::text AS session_id, \
 
 static SELECT: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {CAST_COLUMNS} FROM whatsapp_sessions WHERE id = $1"));
-/// Run on every new connection: the two statements of the locked part, prepared once.
+/// The session's advisory key: one 64-bit key per id, in a namespace of its own so it does
+/// not collide with advisory locks the legacy app may take on bare ids.
+const LOCK_KEY: &str = "hashtextextended('whatsapp-gateway/disconnect/' || $1, 0)";
+
+/// Run on every new connection: the statements of the disconnect, prepared once.
 static PREPARE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "PREPARE gateway_find (int8) AS {}; \
+        "PREPARE gateway_find (int8) AS {select}; \
+         PREPARE gateway_try_lock (int8) AS SELECT CASE WHEN status::text = 'connected' \
+           THEN pg_try_advisory_lock({LOCK_KEY}) ELSE false END \
+           FROM whatsapp_sessions WHERE id = $1; \
+         PREPARE gateway_lock (int8) AS SELECT pg_advisory_lock({LOCK_KEY}); \
+         PREPARE gateway_unlock (int8) AS SELECT pg_advisory_unlock({LOCK_KEY}); \
          PREPARE gateway_mark_disconnected (int8) AS \
-         UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
-         WHERE id = $1 RETURNING {CAST_COLUMNS}",
-        SELECT.as_str()
+           UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
+           WHERE id = $1 RETURNING {CAST_COLUMNS}",
+        select = SELECT.as_str()
     )
 });
 const APPLY_OWED: &str =
     "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
     WHERE id = $1 AND status::text = 'connected' AND session_id::text = $2";
-
-/// `BEGIN`, the lock, and the read under it: one simple query, one round trip. Statements of
-/// a simple query each get their own snapshot, so the read sees whatever the previous holder
-/// of the lock committed. One 64-bit advisory key per session id, in a namespace of its own
-/// so it does not collide with advisory locks the legacy app may take on bare ids. `id` is
-/// an integer, so formatting it in is safe.
-fn lock_and_find(id: i64) -> String {
-    format!(
-        "BEGIN; \
-         SELECT pg_advisory_xact_lock(hashtextextended('whatsapp-gateway/disconnect/{id}', 0)); \
-         EXECUTE gateway_find({id})"
-    )
-}
-
-/// The update and `COMMIT`: one round trip.
-fn mark_and_commit(id: i64) -> String {
-    format!("EXECUTE gateway_mark_disconnected({id}); COMMIT")
-}
 
 /// See [`PostgresStore::pool`].
 const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
@@ -139,6 +140,7 @@ impl SessionStore for PostgresStore {
         Ok(Box::new(PostgresSession {
             conn: Some(self.pool().await.acquire().await?),
             id,
+            lock_held: false,
             in_transaction: false,
         }))
     }
@@ -162,8 +164,10 @@ struct PostgresSession {
     /// `None` only while being dropped.
     conn: Option<PoolConnection<Postgres>>,
     id: i64,
-    /// A transaction (and the lock with it) may be open on `conn`: set before `BEGIN` is
-    /// sent, cleared once `COMMIT` is answered.
+    /// The session's lock may be held by `conn`: set before it is asked for, cleared once it
+    /// is known not to be held.
+    lock_held: bool,
+    /// A transaction may be open on `conn`: set before `BEGIN`, cleared after `COMMIT`.
     in_transaction: bool,
 }
 
@@ -173,47 +177,106 @@ impl PostgresSession {
             .as_mut()
             .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
     }
+
+    /// Runs `sql` (statements separated by `;`) as one simple query, one round trip, and
+    /// returns the rows of each statement.
+    async fn run(&mut self, sql: &str) -> Result<Vec<Vec<PgRow>>, StoreError> {
+        let mut results = self.conn()?.fetch_many(sql);
+        let (mut statements, mut rows) = (Vec::new(), Vec::new());
+        while let Some(item) = results.try_next().await? {
+            match item {
+                Either::Left(_done) => statements.push(std::mem::take(&mut rows)),
+                Either::Right(row) => rows.push(row),
+            }
+        }
+        Ok(statements)
+    }
+}
+
+/// The first row of a statement's rows, as a [`Session`].
+fn session(rows: Option<&Vec<PgRow>>) -> Result<Option<Session>, StoreError> {
+    Ok(rows
+        .and_then(|rows| rows.first())
+        .map(Session::from_row)
+        .transpose()?)
 }
 
 #[async_trait]
 impl SessionHandle for PostgresSession {
-    async fn find(&mut self) -> Result<Option<Session>, StoreError> {
+    async fn find(&mut self, try_lock: bool) -> Result<Found, StoreError> {
         let id = self.id;
-        Ok(sqlx::query_as(&SELECT)
-            .bind(id)
-            .fetch_optional(&mut **self.conn()?)
-            .await?)
+        if !try_lock {
+            // A plain read: sqlx's own prepared statement, binary rows.
+            let row = sqlx::query_as(&SELECT)
+                .bind(id)
+                .fetch_optional(&mut **self.conn()?)
+                .await?;
+            return Ok(Found { row, locked: false });
+        }
+        self.lock_held = true;
+        let rows = self
+            .run(&format!(
+                "EXECUTE gateway_try_lock({id}); EXECUTE gateway_find({id})"
+            ))
+            .await?;
+        self.lock_held = rows
+            .first()
+            .and_then(|rows| rows.first())
+            .map(|row| row.try_get::<bool, _>(0))
+            .transpose()?
+            .unwrap_or(false);
+        Ok(Found {
+            row: session(rows.get(1))?,
+            locked: self.lock_held,
+        })
     }
 
     async fn lock(&mut self) -> Result<Option<Session>, StoreError> {
-        let sql = lock_and_find(self.id);
-        self.in_transaction = true;
-        let rows = self.conn()?.fetch_all(sql.as_str()).await?;
-        // The lock's own row (one `void` column) comes first, then the session's, if any.
-        Ok(rows.get(1).map(Session::from_row).transpose()?)
+        let id = self.id;
+        self.lock_held = true;
+        let rows = self
+            .run(&format!(
+                "EXECUTE gateway_lock({id}); EXECUTE gateway_find({id})"
+            ))
+            .await?;
+        session(rows.get(1))
     }
 
     async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError> {
-        let sql = mark_and_commit(self.id);
-        let rows = self.conn()?.fetch_all(sql.as_str()).await?;
-        self.in_transaction = false;
-        Ok(rows.first().map(Session::from_row).transpose()?)
+        let id = self.id;
+        self.in_transaction = true;
+        let rows = self
+            .run(&format!(
+                "BEGIN; EXECUTE gateway_mark_disconnected({id}); COMMIT; \
+                 EXECUTE gateway_unlock({id})"
+            ))
+            .await?;
+        (self.in_transaction, self.lock_held) = (false, false);
+        session(rows.get(1))
     }
 }
 
-/// A handle dropped with its transaction open (a refusal, an error, a timeout) must roll
-/// back before its connection serves anyone else, or the lock would stay with the pool.
-/// sqlx returns connections from a spawned task as well, so there is always a runtime here.
+/// A handle dropped still holding the lock (a refusal, an error, a timeout) must give it back
+/// before its connection serves anyone else, or the lock would stay with the pool. sqlx
+/// returns connections from a spawned task as well, so there is always a runtime here.
 impl Drop for PostgresSession {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take().filter(|_| self.in_transaction) else {
+        if !(self.lock_held || self.in_transaction) {
             return;
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let sql = if self.in_transaction {
+            "ROLLBACK; SELECT pg_advisory_unlock_all()"
+        } else {
+            "SELECT pg_advisory_unlock_all()"
         };
         let id = self.id;
         tokio::spawn(async move {
-            if let Err(error) = conn.execute("ROLLBACK").await {
-                // The server rolls back when the connection closes.
-                tracing::warn!(id, %error, "ROLLBACK failed; closing the connection");
+            if let Err(error) = conn.execute(sql).await {
+                // The server lets go of everything when the connection closes.
+                tracing::warn!(id, %error, "releasing the disconnect lock failed; closing the connection");
                 conn.close_on_drop();
             }
         });

@@ -1,7 +1,7 @@
 //! SQLite store: the embedded default. One process owns the file, so the disconnect lock is
 //! the in-process keyed lock the route already takes; this store adds none of its own.
 
-use super::{PoolSettings, Session, SessionHandle, SessionStore, StoreError, COLUMNS};
+use super::{Found, PoolSettings, Session, SessionHandle, SessionStore, StoreError, COLUMNS};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
@@ -112,11 +112,15 @@ impl SqliteSession {
     }
 }
 
-/// The lock is the route's in-process one (see the module comment): `lock` only reads.
+/// The lock is the route's in-process one (see the module comment), which the caller holds
+/// when it asks to lock: `find` and `lock` only read.
 #[async_trait]
 impl SessionHandle for SqliteSession {
-    async fn find(&mut self) -> Result<Option<Session>, StoreError> {
-        self.read().await
+    async fn find(&mut self, try_lock: bool) -> Result<Found, StoreError> {
+        Ok(Found {
+            row: self.read().await?,
+            locked: try_lock,
+        })
     }
 
     async fn lock(&mut self) -> Result<Option<Session>, StoreError> {
