@@ -19,7 +19,9 @@
 //! 1. `EXECUTE gateway_try_lock(id); EXECUTE gateway_find(id)`: the first statement takes the
 //!    lock if the row is `connected` and the lock is free; the second reads the row, with a
 //!    snapshot of its own taken after that, so when the lock was taken the row is read under
-//!    it. A row that cannot be disconnected takes no lock: the check paths stay one round trip.
+//!    it. A row that cannot be disconnected takes no lock: a check costs this round trip and
+//!    the ping. (While another request of this gateway holds the session's in-process lock,
+//!    the first read is a plain one and never takes the lock.)
 //! 2. After the orchestrator: `BEGIN; EXECUTE gateway_mark_disconnected(id); COMMIT;` and the
 //!    unlock, in that order, so nobody can take the lock before the update is visible.
 //! 3. sqlx's ping when the connection goes back to the pool.
