@@ -14,31 +14,32 @@
 //!
 //! Round trips are what a disconnect costs PostgreSQL (its CPU goes mostly to the socket work
 //! of each one), so a request uses one connection and, when nobody else is disconnecting the
-//! same session, three round trips:
+//! same session, two round trips:
 //!
 //! 1. `EXECUTE gateway_try_lock(id); EXECUTE gateway_find(id)`: the first statement takes the
 //!    lock if the row is `connected` and the lock is free; the second reads the row, with a
 //!    snapshot of its own taken after that, so when the lock was taken the row is read under
-//!    it. A row that cannot be disconnected takes no lock: a check costs this round trip and
-//!    the ping. (While another request of this gateway holds the session's in-process lock,
-//!    the first read is a plain one and never takes the lock.)
+//!    it. A row that cannot be disconnected takes no lock: a check is this one round trip.
+//!    (While another request of this gateway holds the session's in-process lock, the first
+//!    read is a plain `EXECUTE gateway_find(id)` and never takes the lock.)
 //! 2. After the orchestrator: `BEGIN; EXECUTE gateway_mark_disconnected(id); COMMIT;` and the
 //!    unlock, in that order, so nobody can take the lock before the update is visible.
-//! 3. sqlx's ping when the connection goes back to the pool.
 //!
-//! The statements are prepared once per connection (`PREPARE` in `after_connect`) and run with
+//! Nothing is sent when the connection goes back to the pool (see [`Connector`]).
+//!
+//! The statements are prepared once per connection (`PREPARE` when it is opened) and run with
 //! `EXECUTE` inside simple queries, so nothing is planned per request. This needs
 //! session-level connections: PostgreSQL itself, or a pooler in session mode.
 
 use super::{Found, PoolSettings, Session, SessionHandle, SessionStore, StoreError};
 use async_trait::async_trait;
+use deadpool::managed;
 use futures_util::TryStreamExt;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Either, Executor, FromRow, Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::{Connection, Either, Executor, FromRow, Row};
 use std::str::FromStr;
 use std::sync::LazyLock;
-use tokio::sync::OnceCell;
+use std::time::Duration;
 
 /// The columns cast to the types the gateway decodes, whatever the legacy schema uses.
 const CAST_COLUMNS: &str = "id::int8 AS id, session_id::text AS session_id, \
@@ -72,13 +73,72 @@ const APPLY_OWED: &str =
     "UPDATE whatsapp_sessions SET status = 'disconnected', updated_at = now() \
     WHERE id = $1 AND status::text = 'connected' AND session_id::text = $2";
 
-/// See [`PostgresStore::pool`].
-const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// A pooled connection that sat idle this long is pinged before use (see [`Connector`]).
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+/// Connections are replaced after this long, as sqlx's own pool does by default.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+type Pool = managed::Pool<Connector>;
+type Conn = managed::Object<Connector>;
+
+/// Opens the pool's connections and checks them as they are handed out.
+///
+/// The pool is deadpool's, not sqlx's: sqlx's pool pings every connection given back to it,
+/// a round trip (and PostgreSQL CPU) per request that cannot be turned off. Here nothing is
+/// sent when a connection goes back; one that saw an error is closed instead of reused (see
+/// [`PostgresSession`]), and one that sat idle is pinged before a request uses it, so a
+/// connection that idled across a database restart is replaced first. Under load none is
+/// idle that long.
+struct Connector {
+    options: PgConnectOptions,
+}
+
+impl managed::Manager for Connector {
+    type Type = PgConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        conn.execute(PREPARE.as_str()).await?;
+        Ok(conn)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PgConnection,
+        metrics: &managed::Metrics,
+    ) -> managed::RecycleResult<sqlx::Error> {
+        if metrics.age() >= MAX_LIFETIME {
+            return Err(managed::RecycleError::message("past its lifetime"));
+        }
+        if metrics.last_used() >= PING_WHEN_IDLE_FOR {
+            conn.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives `conn` back to the pool, or closes it if `result` is an error: the connection may
+/// be broken, and closing it is always safe (the server then releases whatever it held).
+fn settle<T>(conn: Conn, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+    if result.is_err() {
+        drop(Conn::take(conn));
+    }
+    Ok(result?)
+}
+
+fn pool_error(e: managed::PoolError<sqlx::Error>) -> StoreError {
+    StoreError::Database(match e {
+        managed::PoolError::Backend(e) => e,
+        managed::PoolError::Timeout(_) => sqlx::Error::PoolTimedOut,
+        _ => sqlx::Error::PoolClosed,
+    })
+}
 
 pub struct PostgresStore {
     options: PgConnectOptions,
     settings: PoolSettings,
-    pool: OnceCell<PgPool>,
+    pool: Pool,
 }
 
 impl PostgresStore {
@@ -86,10 +146,23 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?
             .options([("TimeZone", "UTC")])
             .application_name("whatsapp-gateway");
+        let timeout = Some(settings.acquire_timeout);
+        let pool = Pool::builder(Connector {
+            options: options.clone(),
+        })
+        .max_size(settings.max_connections as usize)
+        .timeouts(managed::Timeouts {
+            wait: timeout,
+            create: timeout,
+            recycle: timeout,
+        })
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Database(sqlx::Error::Configuration(e.into())))?;
         Ok(PostgresStore {
             options,
             settings,
-            pool: OnceCell::new(),
+            pool,
         })
     }
 
@@ -105,34 +178,8 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn pool(&self) -> &PgPool {
-        self.pool
-            .get_or_init(|| async {
-                PgPoolOptions::new()
-                    .max_connections(self.settings.max_connections)
-                    .acquire_timeout(self.settings.acquire_timeout)
-                    // sqlx pings every connection it hands out: a round trip (and PostgreSQL
-                    // CPU) per query. Only connections that sat idle get it here: under load
-                    // none do, and one that idled across a database restart is replaced
-                    // before a request uses it.
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= PING_WHEN_IDLE_FOR {
-                                conn.ping().await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(PREPARE.as_str()).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_lazy_with(self.options.clone())
-            })
-            .await
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        self.pool.get().await.map_err(pool_error)
     }
 }
 
@@ -140,32 +187,37 @@ impl PostgresStore {
 impl SessionStore for PostgresStore {
     async fn open(&self, id: i64) -> Result<Box<dyn SessionHandle>, StoreError> {
         Ok(Box::new(PostgresSession {
-            conn: Some(self.pool().await.acquire().await?),
+            conn: Some(self.conn().await?),
             id,
+            broken: false,
             lock_held: false,
             in_transaction: false,
         }))
     }
 
     async fn apply_owed(&self, id: i64, session_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
         let done = sqlx::query(APPLY_OWED)
             .bind(id)
             .bind(session_id)
-            .execute(self.pool().await)
-            .await?;
-        Ok(done.rows_affected() > 0)
+            .execute(&mut *conn)
+            .await;
+        Ok(settle(conn, done)?.rows_affected() > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.pool().await).await?;
-        Ok(())
+        let mut conn = self.conn().await?;
+        let done = sqlx::query("SELECT 1").execute(&mut *conn).await;
+        settle(conn, done).map(drop)
     }
 }
 
 struct PostgresSession {
     /// `None` only while being dropped.
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<Conn>,
     id: i64,
+    /// A statement failed on `conn`: it is closed, not reused.
+    broken: bool,
     /// The session's lock may be held by `conn`: set before it is asked for, cleared once it
     /// is known not to be held.
     lock_held: bool,
@@ -174,24 +226,26 @@ struct PostgresSession {
 }
 
 impl PostgresSession {
-    fn conn(&mut self) -> Result<&mut PoolConnection<Postgres>, StoreError> {
-        self.conn
-            .as_mut()
-            .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
-    }
-
     /// Runs `sql` (statements separated by `;`) as one simple query, one round trip, and
     /// returns the rows of each statement.
     async fn run(&mut self, sql: &str) -> Result<Vec<Vec<PgRow>>, StoreError> {
-        let mut results = self.conn()?.fetch_many(sql);
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or(StoreError::Database(sqlx::Error::PoolClosed))?;
+        let mut results = conn.fetch_many(sql);
         let (mut statements, mut rows) = (Vec::new(), Vec::new());
-        while let Some(item) = results.try_next().await? {
-            match item {
-                Either::Left(_done) => statements.push(std::mem::take(&mut rows)),
-                Either::Right(row) => rows.push(row),
+        loop {
+            match results.try_next().await {
+                Ok(Some(Either::Left(_done))) => statements.push(std::mem::take(&mut rows)),
+                Ok(Some(Either::Right(row))) => rows.push(row),
+                Ok(None) => return Ok(statements),
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
             }
         }
-        Ok(statements)
     }
 }
 
@@ -208,12 +262,11 @@ impl SessionHandle for PostgresSession {
     async fn find(&mut self, try_lock: bool) -> Result<Found, StoreError> {
         let id = self.id;
         if !try_lock {
-            // A plain read: sqlx's own prepared statement, binary rows.
-            let row = sqlx::query_as(&SELECT)
-                .bind(id)
-                .fetch_optional(&mut **self.conn()?)
-                .await?;
-            return Ok(Found { row, locked: false });
+            let rows = self.run(&format!("EXECUTE gateway_find({id})")).await?;
+            return Ok(Found {
+                row: session(rows.first())?,
+                locked: false,
+            });
         }
         self.lock_held = true;
         let rows = self
@@ -259,27 +312,31 @@ impl SessionHandle for PostgresSession {
 }
 
 /// A handle dropped still holding the lock (a refusal, an error, a timeout) must give it back
-/// before its connection serves anyone else, or the lock would stay with the pool. sqlx
-/// returns connections from a spawned task as well, so there is always a runtime here.
+/// before its connection serves anyone else, or the lock would stay with the pool: a task of
+/// its own releases it, or the connection is closed if it is broken.
 impl Drop for PostgresSession {
     fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.broken {
+            drop(Conn::take(conn));
+            return;
+        }
         if !(self.lock_held || self.in_transaction) {
             return;
         }
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
         let sql = if self.in_transaction {
             "ROLLBACK; SELECT pg_advisory_unlock_all()"
         } else {
             "SELECT pg_advisory_unlock_all()"
         };
+        let mut conn = conn;
         let id = self.id;
         tokio::spawn(async move {
-            if let Err(error) = conn.execute(sql).await {
-                // The server lets go of everything when the connection closes.
-                tracing::warn!(id, %error, "releasing the disconnect lock failed; closing the connection");
-                conn.close_on_drop();
+            let done = conn.execute(sql).await;
+            if let Err(error) = settle(conn, done) {
+                tracing::warn!(id, %error, "releasing the disconnect lock failed; connection closed");
             }
         });
     }
