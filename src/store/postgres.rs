@@ -331,9 +331,13 @@ impl Drop for PostgresSession {
         } else {
             "SELECT pg_advisory_unlock_all()"
         };
-        let mut conn = conn;
-        let id = self.id;
-        tokio::spawn(async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to release it on (the process is exiting): closing releases it.
+            drop(Conn::take(conn));
+            return;
+        };
+        let (mut conn, id) = (conn, self.id);
+        runtime.spawn(async move {
             let done = conn.execute(sql).await;
             if let Err(error) = settle(conn, done) {
                 tracing::warn!(id, %error, "releasing the disconnect lock failed; connection closed");
