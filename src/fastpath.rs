@@ -389,6 +389,26 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         // Body bytes in the buffer: [start, end).
         let mut start = head_len;
         let mut end = filled;
+        // A small answer whose body came a moment after its head (an upstream that writes
+        // them apart, as nginx does with writev and sendfile) is completed before anything is
+        // written: one write to the client instead of two, a segment and an ACK fewer. If the
+        // upstream fails meanwhile, what came is still sent before the connection ends.
+        let mut cut_short = None;
+        if let Framing::Length(n) = framing {
+            let whole = usize::try_from(n).map_or(usize::MAX, |n| head_len.saturating_add(n));
+            while end < whole && whole <= conn.buf.len() {
+                match self
+                    .read_body(upstream, &mut conn.buf[end..whole], framing)
+                    .await
+                {
+                    Ok(n) => end += n,
+                    Err(failure) => {
+                        cut_short = Some(failure);
+                        break;
+                    }
+                }
+            }
+        }
         let mut first = true;
         loop {
             let available = &conn.buf[start..end];
@@ -428,25 +448,41 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
             if done {
                 return Ok(relay);
             }
+            if let Some(failure) = cut_short.take() {
+                return Err(failure);
+            }
             if end == conn.buf.len() && conn.buf.len() < BODY_BUF {
                 conn.buf.resize(BODY_BUF, 0);
             }
             start = 0;
-            end = match self.read_upstream(upstream, &mut conn.buf).await {
-                Ok(0) if framing == Framing::UntilClose => {
+            end = match self.read_body(upstream, &mut conn.buf, framing).await? {
+                0 => {
                     relay.clean_end = false;
                     return Ok(relay);
                 }
-                Ok(0) => {
-                    tracing::error!("upstream closed before the end of the answer");
-                    return Err(Failure::Broken);
-                }
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "upstream failed during the answer body");
-                    return Err(Failure::Broken);
-                }
+                n => n,
             };
+        }
+    }
+
+    /// Reads more of the answer body; `Ok(0)` only at the end of an until-close body.
+    async fn read_body(
+        &self,
+        upstream: &mut TcpStream,
+        buf: &mut [u8],
+        framing: Framing,
+    ) -> Result<usize, Failure> {
+        match self.read_upstream(upstream, buf).await {
+            Ok(0) if framing == Framing::UntilClose => Ok(0),
+            Ok(0) => {
+                tracing::error!("upstream closed before the end of the answer");
+                Err(Failure::Broken)
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::error!(error = %e, "upstream failed during the answer body");
+                Err(Failure::Broken)
+            }
         }
     }
 }

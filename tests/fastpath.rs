@@ -139,6 +139,19 @@ async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Seen>>) {
             }
         }
         drop_next = path == "/drop-next";
+        if path == "/split" {
+            // The head, then the body 50 ms later, in two writes.
+            let parts = ["HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "split"];
+            for (n, part) in parts.iter().enumerate() {
+                if n > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if conn.write_all(part.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let (answer, close) = script(&path, &body);
         if conn.write_all(&answer).await.is_err() || close {
             return;
@@ -356,6 +369,15 @@ async fn every_body_framing_is_relayed_as_the_upstream_sent_it() {
 
     client.send(&get("/nocontent")).await;
     assert_eq!(client.answer(false).await.status(), "204");
+
+    // A small answer whose body comes 50 ms after its head reaches the client in one piece:
+    // the first read returns all of it.
+    assert!(client.buf.is_empty());
+    client.send(&get("/split")).await;
+    client.fill().await;
+    let whole = String::from_utf8_lossy(&client.buf).to_string();
+    assert!(whole.ends_with("\r\n\r\nsplit"), "first read: {whole:?}");
+    client.buf.clear();
 
     client.send(&get("/big")).await;
     assert_eq!(client.answer(false).await.body, big_body());
