@@ -26,11 +26,7 @@ impl KeyedLocks {
             Arc::clone(map.entry(key).or_default())
         };
         let guard = mutex.lock_owned().await;
-        KeyGuard {
-            locks: Arc::clone(self),
-            key,
-            guard: Some(guard),
-        }
+        self.held(key, guard)
     }
 
     /// The key's lock if it is free now, without waiting. Done under the map lock, so a
@@ -40,11 +36,15 @@ impl KeyedLocks {
         let guard = Arc::clone(map.entry(key).or_default())
             .try_lock_owned()
             .ok()?;
-        Some(KeyGuard {
+        Some(self.held(key, guard))
+    }
+
+    fn held(self: &Arc<Self>, key: i64, guard: OwnedMutexGuard<()>) -> KeyGuard {
+        KeyGuard {
             locks: Arc::clone(self),
             key,
             guard: Some(guard),
-        })
+        }
     }
 
     pub fn len(&self) -> usize {

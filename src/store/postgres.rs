@@ -249,10 +249,14 @@ impl PostgresSession {
     }
 }
 
-/// The first row of a statement's rows, as a [`Session`].
-fn session(rows: Option<&Vec<PgRow>>) -> Result<Option<Session>, StoreError> {
-    Ok(rows
-        .and_then(|rows| rows.first())
+/// The first row of statement `n` of what [`PostgresSession::run`] returned, if any.
+fn first_row(statements: &[Vec<PgRow>], n: usize) -> Option<&PgRow> {
+    statements.get(n)?.first()
+}
+
+/// That row as a [`Session`].
+fn session(statements: &[Vec<PgRow>], n: usize) -> Result<Option<Session>, StoreError> {
+    Ok(first_row(statements, n)
         .map(Session::from_row)
         .transpose()?)
 }
@@ -264,7 +268,7 @@ impl SessionHandle for PostgresSession {
         if !try_lock {
             let rows = self.run(&format!("EXECUTE gateway_find({id})")).await?;
             return Ok(Found {
-                row: session(rows.first())?,
+                row: session(&rows, 0)?,
                 locked: false,
             });
         }
@@ -274,14 +278,12 @@ impl SessionHandle for PostgresSession {
                 "EXECUTE gateway_try_lock({id}); EXECUTE gateway_find({id})"
             ))
             .await?;
-        self.lock_held = rows
-            .first()
-            .and_then(|rows| rows.first())
+        self.lock_held = first_row(&rows, 0)
             .map(|row| row.try_get::<bool, _>(0))
             .transpose()?
             .unwrap_or(false);
         Ok(Found {
-            row: session(rows.get(1))?,
+            row: session(&rows, 1)?,
             locked: self.lock_held,
         })
     }
@@ -294,7 +296,7 @@ impl SessionHandle for PostgresSession {
                 "EXECUTE gateway_lock({id}); EXECUTE gateway_find({id})"
             ))
             .await?;
-        session(rows.get(1))
+        session(&rows, 1)
     }
 
     async fn mark_disconnected(&mut self) -> Result<Option<Session>, StoreError> {
@@ -307,7 +309,7 @@ impl SessionHandle for PostgresSession {
             ))
             .await?;
         (self.in_transaction, self.lock_held) = (false, false);
-        session(rows.get(1))
+        session(&rows, 1)
     }
 }
 
