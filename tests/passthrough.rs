@@ -147,12 +147,27 @@ async fn upstream_down_is_502_and_the_gateway_stays_up() {
 /// A tiny upstream that answers every request with its own name; dropping it closes its
 /// listener and every connection it holds.
 struct NamedUpstream {
+    addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl NamedUpstream {
+    /// Listens on `addr`: port 0 for a new upstream, a known port to bring one back. That
+    /// port may be held for a moment by something else on the machine (an outgoing
+    /// connection's ephemeral port), so binding it is retried, bounded.
     async fn start(addr: std::net::SocketAddr, name: &'static str) -> NamedUpstream {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("binding {addr}: {e}"),
+            }
+        };
+        let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -179,7 +194,7 @@ impl NamedUpstream {
                 });
             }
         });
-        NamedUpstream { task }
+        NamedUpstream { addr, task }
     }
 }
 
@@ -195,10 +210,10 @@ async fn several_upstreams_round_robin_fail_over_and_come_back() {
         FakeOrchestrator::start().await,
         TestDb::new(Backend::Sqlite, None).await,
     );
-    let a_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _a = NamedUpstream::start(a_addr, "A").await;
-    let b = NamedUpstream::start(b_addr, "B").await;
+    let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let a = NamedUpstream::start(any_port, "A").await;
+    let b = NamedUpstream::start(any_port, "B").await;
+    let (a_addr, b_addr) = (a.addr, b.addr);
     let gw = Gateway::start(&GatewayOptions {
         extra_yaml: "gateway:\n  health_check:\n    interval_ms: 200\n".into(),
         env: vec![("GATEWAY_UPSTREAM".into(), format!("{a_addr},{b_addr}"))],

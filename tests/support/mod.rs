@@ -8,10 +8,11 @@ pub mod nextjs;
 pub mod orchestrator;
 pub mod upstream;
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_whatsapp-gateway");
@@ -21,12 +22,21 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never the same one twice in this test process: the
+/// kernel may hand one free port to two binds in a row, and a gateway given the same port for
+/// its proxy and admin listeners (or two upstreams given one) cannot start.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..100 {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
+    panic!("no ephemeral port not already given out, in 100 tries")
 }
 
 /// Waits (bounded) until something accepts TCP connections on `addr`.
