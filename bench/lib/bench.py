@@ -109,6 +109,23 @@ def cpu_times():
     return out
 
 
+def ipis():
+    """{'cpu0': n, ...}: inter-processor interrupts each CPU has received that wake or preempt
+    a task there (/proc/interrupts RES "Rescheduling" + CAL "Function call"). A task on one CPU
+    waking a sleeper on another, idle CPU costs the waker's CPU this interrupt (in a VM, an
+    exit to the host), so a proxy that sleeps more often costs the load CPU more per request."""
+    out = {}
+    with open("/proc/interrupts") as f:
+        cpus = f.readline().split()
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] in ("RES:", "CAL:"):
+                for cpu, v in zip(cpus, parts[1:1 + len(cpus)]):
+                    key = cpu.lower()
+                    out[key] = out.get(key, 0) + int(v)
+    return out
+
+
 def stub_status(url):
     """nginx stub_status -> (accepts, requests). Our own request is one accept, one request."""
     if not url:
@@ -197,7 +214,7 @@ def measure(spec, target, cfg, url, script, args, duration):
         limit = spec["wait_quiet"] if budget.left is None else min(spec["wait_quiet"], budget.left)
         waited, quiet = quiet_wait(limit)
         budget.spend(waited)
-    s0, c0, n0 = stub_status(up), cpu_times(), tcp_counters()
+    s0, c0, n0, i0 = stub_status(up), cpu_times(), tcp_counters(), ipis()
     t0 = cpu_ticks(root)
     u0 = cpu_ticks(spec["upstream_pid"]) if spec.get("upstream_pid") else None
     d0 = cpu_ticks(spec["db_pid"]) if spec.get("db_pid") else None
@@ -225,7 +242,7 @@ def measure(spec, target, cfg, url, script, args, duration):
     t1 = cpu_ticks(root)
     u1 = cpu_ticks(spec["upstream_pid"]) if spec.get("upstream_pid") else None
     d1 = cpu_ticks(spec["db_pid"]) if spec.get("db_pid") else None
-    c1, s1, n1 = cpu_times(), stub_status(up), tcp_counters()
+    c1, s1, n1, i1 = cpu_times(), stub_status(up), tcp_counters(), ipis()
     n = res.get("requests", 0)
     secs = res.get("duration_us", 0) / 1e6 or duration
     rec = dict(res)
@@ -238,6 +255,11 @@ def measure(spec, target, cfg, url, script, args, duration):
     rec["rss_load_kib"] = rss
     if u0 is not None:
         rec["upstream_cpu_us_per_req"] = (u1 - u0) / CLK_TCK * 1e6 / n if n else None
+        # What bounds req/s when the load CPU is saturated: wrk + upstream per request.
+        rec["load_cpu_us_per_req"] = ((u1 - u0) / CLK_TCK + res.get("wrk_cpu_s", 0)) * 1e6 / n \
+            if n else None
+    rec["ipi_per_req"] = {cpu: (i1[cpu] - i0.get(cpu, 0)) / n for cpu in i1} if n else {}
+    rec["proxy_cpu_ipi_per_req"] = rec["ipi_per_req"].get(f"cpu{spec.get('proxy_cpu', 0)}")
     if d0 is not None:
         rec["db_cpu_us_per_req"] = (d1 - d0) / CLK_TCK * 1e6 / n if n else None
     if s0 and s1:
@@ -468,6 +490,8 @@ def summarize(runs):
         "cpu_us_per_req": med(r.get("cpu_us_per_req") for r in runs),
         "cpu_util": med(r.get("cpu_util") for r in runs),
         "upstream_cpu_us_per_req": med(r.get("upstream_cpu_us_per_req") for r in runs),
+        "load_cpu_us_per_req": med(r.get("load_cpu_us_per_req") for r in runs),
+        "proxy_cpu_ipi_per_req": med(r.get("proxy_cpu_ipi_per_req") for r in runs),
         "db_cpu_us_per_req": med(r.get("db_cpu_us_per_req") for r in runs),
         "rss_load_kib": max((r["rss_load_kib"] for r in runs), default=None),
         "upstream_new_conns": med(r.get("upstream_new_conns") for r in runs),
@@ -533,7 +557,8 @@ def report(workdir, results_dir):
         out("## Pass-through (static upstream nginx; cpu = proxy process, or the upstream "
             "itself for direct)")
         hdr = (f"{'size':>4} {'conns':>5} {'target':<8} {'req/s':>9} {'p50 ms':>7} "
-               f"{'p99 ms':>7} {'cpu us/req':>10} {'util':>5} {'up us/req':>9} "
+               f"{'p99 ms':>7} {'cpu us/req':>10} {'util':>5} {'up us/req':>9} {'load us':>7} "
+               f"{'ipi/req':>7} "
                f"{'rss idle':>9} {'rss load':>9} {'new up':>9} {'non2xx':>6} {'sockerr':>7} "
                f"{'limit':>6}")
         out(hdr)
@@ -566,6 +591,8 @@ def report(workdir, results_dir):
                     f"{fmt(sm['p99_ms'], 2):>7} {fmt(cpu, 1):>10} "
                     f"{fmt((sm['cpu_util'] or 0) * 100) + '%' if t != 'direct' else '-':>5} "
                     f"{fmt(sm['upstream_cpu_us_per_req'], 1):>9} "
+                    f"{fmt(sm['load_cpu_us_per_req'], 1):>7} "
+                    f"{fmt(sm['proxy_cpu_ipi_per_req'], 2):>7} "
                     f"{fmt((sm['rss_idle_kib'] or 0) / 1024, 1) + 'M':>9} "
                     f"{fmt(sm['rss_load_kib'] / 1024, 1) + 'M':>9} "
                     f"{conn_pair(sm):>9} {sm['non_2xx_total']:>6} "
@@ -578,6 +605,9 @@ def report(workdir, results_dir):
                 if num in targets and den in targets:
                     entry["ratios"][f"{num}/{den}"] = ratios(cruns, num, den)
             result["passthrough"].append(entry)
+        out("load us = CPU of wrk + upstream per request (what bounds req/s when the load CPU "
+            "is the limit); ipi/req = wake-up interrupts (RES+CAL) the proxy's CPU received per "
+            "request")
         out("")
         out("Ratios (per-round pairs, median [min..max]); rps > 1 and cpu/p99 < 1 favour the "
             "numerator. cpu for direct = the upstream nginx's own us/req.")
