@@ -255,9 +255,10 @@ def measure(spec, target, cfg, url, script, args, duration):
     rec["rss_load_kib"] = rss
     if u0 is not None:
         rec["upstream_cpu_us_per_req"] = (u1 - u0) / CLK_TCK * 1e6 / n if n else None
-        # What bounds req/s when the load CPU is saturated: wrk + upstream per request.
-        rec["load_cpu_us_per_req"] = ((u1 - u0) / CLK_TCK + res.get("wrk_cpu_s", 0)) * 1e6 / n \
-            if n else None
+    # What bounds req/s when the load CPU is saturated: wrk + upstream (+ database) per request.
+    load_ticks = (u1 - u0 if u0 is not None else 0) + (d1 - d0 if d0 is not None else 0)
+    rec["load_cpu_us_per_req"] = (load_ticks / CLK_TCK + res.get("wrk_cpu_s", 0)) * 1e6 / n \
+        if n else None
     rec["ipi_per_req"] = {cpu: (i1[cpu] - i0.get(cpu, 0)) / n for cpu in i1} if n else {}
     rec["proxy_cpu_ipi_per_req"] = rec["ipi_per_req"].get(f"cpu{spec.get('proxy_cpu', 0)}")
     if d0 is not None:
