@@ -10,7 +10,7 @@ use crate::locks::KeyedLocks;
 use crate::metrics;
 use crate::orchestrator::{Failure, Orchestrator, Outcome};
 use crate::reply::Reply;
-use crate::store::{Session, SessionStore};
+use crate::store::{Session, SessionHandle, SessionStore};
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
@@ -191,31 +191,22 @@ async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnect
     metrics::observe_database("read", found.is_ok(), started.elapsed().as_secs_f64());
     let found = found.map_err(database_unavailable)?;
     let mut session_id = check(found.row)?;
-    // Held to the end of this function, as is the store's lock.
+    // Held to the end of this function, as is the store's lock. Unless the first read took
+    // both, someone else holds a lock of this session, here or in another gateway: wait for
+    // the in-process one without a database connection (a busy session would drain the
+    // pool), then for the store's, then read the row again: whoever held them may have
+    // disconnected it.
     let _queued = match queued {
         Some(queued) if found.locked => queued,
-        queued => {
-            // Someone else holds a lock of this session, here or in another gateway. Wait
-            // for the in-process one without a database connection (a busy session would
-            // drain the pool), then for the store's, then read the row again: whoever held
-            // them may have disconnected it.
-            let queued = match queued {
-                Some(queued) => queued,
-                None => {
-                    drop(session);
-                    let queued = deps.locks.lock(id).await;
-                    session = deps.store.open(id).await.map_err(database_unavailable)?;
-                    queued
-                }
-            };
-            let started = Instant::now();
-            let row = session.lock().await;
-            metrics::observe_database(
-                "lock_and_read",
-                row.is_ok(),
-                started.elapsed().as_secs_f64(),
-            );
-            session_id = check(row.map_err(database_unavailable)?)?;
+        Some(queued) => {
+            session_id = lock_and_read(session.as_mut()).await?;
+            queued
+        }
+        None => {
+            drop(session);
+            let queued = deps.locks.lock(id).await;
+            session = deps.store.open(id).await.map_err(database_unavailable)?;
+            session_id = lock_and_read(session.as_mut()).await?;
             queued
         }
     };
@@ -270,6 +261,18 @@ async fn disconnect(id: i64, request_id: &str, deps: &Deps) -> Result<Disconnect
             updated_session,
         },
     })
+}
+
+/// Waits for the store's lock of the session, then checks 2 to 4 on the row read under it.
+async fn lock_and_read(session: &mut dyn SessionHandle) -> Result<String, Rejection> {
+    let started = Instant::now();
+    let row = session.lock().await;
+    metrics::observe_database(
+        "lock_and_read",
+        row.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
+    check(row.map_err(database_unavailable)?)
 }
 
 /// Checks 2 to 4 on the row as read: its session_id when it can be disconnected.
